@@ -1,0 +1,136 @@
+//! Kafka client configuration and topic management.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use weir_sql::KafkaTable;
+
+/// librdkafka settings weir uses unless the table's `properties.*` override them.
+/// A short fetch wait matters: some brokers hold a fetch open for its whole
+/// wait even when data is there, which caps throughput and adds latency.
+pub fn consumer_config(table: &KafkaTable, group_id: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &table.bootstrap_servers)
+        .set("group.id", group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        // Bounded reads stop at the end of each partition (the fetch high
+        // watermark); unbounded ones have no use for the event.
+        .set(
+            "enable.partition.eof",
+            if table.bounded { "true" } else { "false" },
+        )
+        .set("fetch.wait.max.ms", "10")
+        .set("queued.min.messages", "200000")
+        .set("auto.offset.reset", "earliest")
+        .set("socket.connection.setup.timeout.ms", "10000");
+    apply_properties(&mut c, &table.properties);
+    c
+}
+
+pub fn producer_config(bootstrap: &str, properties: &BTreeMap<String, String>) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "5")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("queue.buffering.max.kbytes", "1048576")
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("socket.connection.setup.timeout.ms", "10000");
+    apply_properties(&mut c, properties);
+    c
+}
+
+fn apply_properties(c: &mut ClientConfig, properties: &BTreeMap<String, String>) {
+    for (k, v) in properties {
+        // group.id is a consumer property; harmless elsewhere but noisy in logs.
+        c.set(k, v);
+    }
+}
+
+/// Checks the brokers answer, within `timeout`, so a wrong address fails fast.
+pub fn check_reachable(bootstrap: &str, timeout: Duration) -> anyhow::Result<()> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set(
+            "socket.connection.setup.timeout.ms",
+            timeout.as_millis().to_string(),
+        )
+        .create()
+        .context("creating a Kafka client")?;
+    consumer
+        .fetch_metadata(None, timeout)
+        .map(|_| ())
+        .with_context(|| {
+            format!(
+                "cannot reach Kafka at '{bootstrap}' within {}s (is the broker running? set KAFKA_BROKERS or 'properties.bootstrap.servers')",
+                timeout.as_secs()
+            )
+        })
+}
+
+/// Partition count of `topic`, or None if it does not exist.
+pub fn partition_count(
+    bootstrap: &str,
+    topic: &str,
+    timeout: Duration,
+) -> anyhow::Result<Option<usize>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("allow.auto.create.topics", "false")
+        .create()?;
+    let md = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .with_context(|| format!("reading metadata of topic '{topic}'"))?;
+    Ok(md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+        .map(|t| t.partitions().len()))
+}
+
+/// Creates `topic` with `partitions` partitions unless it exists.
+pub fn ensure_topic(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    if partition_count(bootstrap, topic, timeout)?.is_some() {
+        return Ok(());
+    }
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .context("creating a Kafka admin client")?;
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let opts = AdminOptions::new().operation_timeout(Some(timeout));
+    let results = futures_executor::block_on(admin.create_topics([&new], &opts))
+        .with_context(|| format!("creating topic '{topic}'"))?;
+    for r in results {
+        if let Err((name, code)) = r
+            && code != rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists
+        {
+            bail!("creating topic '{name}': {code}");
+        }
+    }
+    // Wait until the topic is visible in metadata.
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if partition_count(bootstrap, topic, timeout)?.is_some() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!(
+        "topic '{topic}' was created but did not appear within {}s",
+        timeout.as_secs()
+    )
+}

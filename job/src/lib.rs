@@ -1,0 +1,25 @@
+//! weir: the binary's library. CLI commands, the task runtime that moves
+//! records between Kafka and a flow's operators, the embedded broker, and the
+//! example's data generator.
+//!
+//! ```text
+//! weir run file.sql
+//!   load  : read + plan (weir-sql) + load models (tract)      -- errors before any data moves
+//!   kafka : connect, create missing sink/dead-letter topics
+//!   tasks : one thread per source table
+//!           poll -> decode -> watermark -> chain (weir-operators) -> encode -> produce
+//! ```
+//!
+//! What it is for: running plans. What it is not for: SQL (weir-sql) or per-batch
+//! operator logic (weir-operators).
+
+pub mod embedded;
+pub mod generate;
+pub mod kafka;
+pub mod load;
+pub mod printer;
+pub mod run;
+pub mod task;
+
+pub use load::{LoadedPipeline, load_pipeline, plan_text};
+pub use run::{RunOptions, RunSummary, run_pipeline};

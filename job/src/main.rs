@@ -1,0 +1,169 @@
+//! The `weir` command line.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use weir::generate::FraudGenerator;
+use weir::load::process_env;
+use weir::{RunOptions, load_pipeline, run_pipeline};
+
+#[derive(Parser)]
+#[command(
+    name = "weir",
+    version,
+    about = "Stream processing for ML scoring: SQL in, predictions out."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Plan a pipeline file and run it until Ctrl-C, or until bounded input is consumed.
+    Run {
+        file: PathBuf,
+        /// Stop (as on Ctrl-C) after this many seconds.
+        #[arg(long)]
+        duration: Option<f64>,
+        /// Print the records written to sink topics (default on the embedded broker).
+        #[arg(long)]
+        print: Option<bool>,
+        /// Consumer group id (default weir-<pipeline name>).
+        #[arg(long)]
+        group_id: Option<String>,
+    },
+    /// Print the dataflow graph of a pipeline file: operators, schemas, state, models.
+    Explain { file: PathBuf },
+    /// Write synthetic data for an example as JSON lines.
+    Generate {
+        /// Which generator: fraud.
+        kind: String,
+        #[arg(long, default_value_t = 10_000)]
+        events: u64,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        #[arg(long, default_value_t = 100_000)]
+        cards: usize,
+        /// Events per simulated second.
+        #[arg(long, default_value_t = 200)]
+        rate: u64,
+        /// Start of simulated time (RFC 3339).
+        #[arg(long, default_value = "2026-11-21T00:00:00Z")]
+        start: String,
+        /// Produce to this Kafka cluster instead of writing to stdout.
+        #[arg(long)]
+        brokers: Option<String>,
+        /// Topic to produce to (with --brokers).
+        #[arg(long, default_value = "transactions")]
+        topic: String,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run {
+            file,
+            duration,
+            print,
+            group_id,
+        } => {
+            let loaded = load_pipeline(&file, &process_env)?;
+            let stop = Arc::new(AtomicBool::new(false));
+            let on_signal = stop.clone();
+            ctrlc::set_handler(move || {
+                eprintln!("stopping: flushing sinks (Ctrl-C again to abort)");
+                if on_signal.swap(true, Ordering::Relaxed) {
+                    std::process::exit(130);
+                }
+            })?;
+            if let Some(secs) = duration {
+                let s = stop.clone();
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_secs_f64(secs));
+                    s.store(true, Ordering::Relaxed);
+                });
+            }
+            let summary = run_pipeline(
+                loaded,
+                RunOptions {
+                    stop,
+                    print,
+                    group_id,
+                },
+            )?;
+            let t = summary.total();
+            eprintln!(
+                "done: {} records in, {} out, {} dead-lettered, {} late",
+                t.records_in, t.records_out, t.dead_lettered, t.late
+            );
+            Ok(())
+        }
+        Command::Explain { file } => {
+            let loaded = load_pipeline(&file, &process_env)?;
+            print!("{}", loaded.plan);
+            Ok(())
+        }
+        Command::Generate {
+            kind,
+            events,
+            seed,
+            cards,
+            rate,
+            start,
+            brokers,
+            topic,
+        } => {
+            if kind != "fraud" {
+                anyhow::bail!("unknown generator '{kind}' (available: fraud)");
+            }
+            let start_ms = chrono::DateTime::parse_from_rfc3339(&start)?.timestamp_millis();
+            let mut g = FraudGenerator::new(seed, cards, start_ms, rate);
+            match brokers {
+                None => {
+                    let stdout = std::io::stdout();
+                    let mut out = std::io::BufWriter::new(stdout.lock());
+                    for _ in 0..events {
+                        writeln!(out, "{}", g.next_event().to_json())?;
+                    }
+                }
+                Some(b) => {
+                    let sink = weir::task::Sink::new(&weir::kafka::producer_config(
+                        &b,
+                        &Default::default(),
+                    ))?;
+                    for _ in 0..events {
+                        let e = g.next_event();
+                        let key = format!("card-{:06}", e.card);
+                        sink.send(&topic, Some(key.as_bytes()), e.to_json().as_bytes(), None)?;
+                    }
+                    sink.flush()?;
+                }
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,349 @@
+//! Running a planned pipeline: brokers, topics, one thread per source table,
+//! and the embedded broker and generator when the file asks for them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use tracing::{info, warn};
+use weir_operators::{JsonEncoder, build_chain};
+use weir_sql::catalog::parse_duration_ms;
+use weir_sql::{DeliveryGuarantee, KafkaTable};
+
+use crate::embedded::{EMBEDDED, EmbeddedBroker};
+use crate::generate::FraudGenerator;
+use crate::kafka::{check_reachable, ensure_topic, partition_count, producer_config};
+use crate::load::LoadedPipeline;
+use crate::printer::spawn_printer;
+use crate::task::{FlowRuntime, Sink, SourceTask, TaskCounters, TaskSettings};
+
+pub struct RunOptions {
+    /// Set to ask every task to stop; the run then flushes and returns.
+    pub stop: Arc<AtomicBool>,
+    /// Print what reaches the sink topics (default on the embedded broker).
+    pub print: Option<bool>,
+    /// Consumer group id; default `weir-<pipeline name>`.
+    pub group_id: Option<String>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            stop: Arc::new(AtomicBool::new(false)),
+            print: None,
+            group_id: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SourceSummary {
+    pub records_in: u64,
+    pub dead_lettered: u64,
+    pub late: u64,
+    pub records_out: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RunSummary {
+    pub sources: BTreeMap<String, SourceSummary>,
+}
+
+impl RunSummary {
+    pub fn total(&self) -> SourceSummary {
+        let mut t = SourceSummary::default();
+        for s in self.sources.values() {
+            t.records_in += s.records_in;
+            t.dead_lettered += s.dead_lettered;
+            t.late += s.late;
+            t.records_out += s.records_out;
+        }
+        t
+    }
+}
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub fn run_pipeline(mut loaded: LoadedPipeline, options: RunOptions) -> anyhow::Result<RunSummary> {
+    let plan = &mut loaded.plan;
+    for flow in &plan.flows {
+        let sink = &plan.tables[&flow.sink];
+        if sink.delivery == DeliveryGuarantee::ExactlyOnce {
+            warn!(
+                "sink {}: 'exactly-once' delivery is not implemented yet; running at-least-once",
+                sink.name
+            );
+        }
+    }
+
+    // The embedded broker, if any table asks for it.
+    let uses_embedded = plan
+        .tables
+        .values()
+        .any(|t| t.bootstrap_servers == EMBEDDED);
+    let embedded = if uses_embedded {
+        let broker = EmbeddedBroker::start()?;
+        let servers = broker.bootstrap_servers();
+        info!("embedded Kafka broker at {servers}");
+        for t in plan.tables.values_mut() {
+            if t.bootstrap_servers == EMBEDDED {
+                t.bootstrap_servers = servers.clone();
+            }
+        }
+        Some(broker)
+    } else {
+        None
+    };
+    let plan = &loaded.plan;
+
+    let mut servers: BTreeSet<&str> = BTreeSet::new();
+    for t in plan.sources().iter().chain(plan.sinks().iter()) {
+        servers.insert(&t.bootstrap_servers);
+    }
+    for s in &servers {
+        check_reachable(s, CONNECT_TIMEOUT)?;
+    }
+
+    // Topics: sources must exist (the embedded broker creates them); sinks and
+    // dead-letter topics are created when missing.
+    for source in plan.sources() {
+        if let Some(broker) = &embedded {
+            broker.create_topic(&source.topic, source.partitions.unwrap_or(4))?;
+        } else if partition_count(&source.bootstrap_servers, &source.topic, CONNECT_TIMEOUT)?
+            .is_none()
+        {
+            bail!(
+                "source table {}: topic '{}' does not exist at {}",
+                source.name,
+                source.topic,
+                source.bootstrap_servers
+            );
+        }
+        if let Some(dlq) = &source.dead_letter_topic {
+            create_output_topic(embedded.as_ref(), &source.bootstrap_servers, dlq, 1)?;
+        }
+    }
+    for sink in plan.sinks() {
+        create_output_topic(
+            embedded.as_ref(),
+            &sink.bootstrap_servers,
+            &sink.topic,
+            sink.partitions.unwrap_or(1),
+        )?;
+    }
+
+    let stop = options.stop.clone();
+    let mut generators = Vec::new();
+    if embedded.is_some() {
+        for source in plan.sources() {
+            if let Some(g) = &source.embedded_generator {
+                generators.push(spawn_generator(source, g, stop.clone())?);
+            }
+        }
+    } else if plan
+        .sources()
+        .iter()
+        .any(|s| s.embedded_generator.is_some())
+    {
+        info!("'embedded.generator' is ignored: the pipeline runs against a real cluster");
+    }
+
+    // One producer per distinct cluster the sinks live on.
+    let mut sinks: BTreeMap<String, Arc<Sink>> = BTreeMap::new();
+    for table in plan.sinks().iter().chain(plan.sources().iter()) {
+        if !sinks.contains_key(&table.bootstrap_servers) {
+            let config = producer_config(&table.bootstrap_servers, &BTreeMap::new());
+            sinks.insert(
+                table.bootstrap_servers.clone(),
+                Arc::new(Sink::new(&config)?),
+            );
+        }
+    }
+
+    let print = options.print.unwrap_or(embedded.is_some());
+    let mut printer = None;
+    if print {
+        let topics: Vec<String> = plan.sinks().iter().map(|t| t.topic.clone()).collect();
+        let bootstrap = plan.sinks()[0].bootstrap_servers.clone();
+        printer = Some(spawn_printer(bootstrap, topics, 10, stop.clone())?);
+    }
+
+    let checkpoint_interval = Duration::from_millis(
+        plan.setting("checkpoint.interval")
+            .and_then(parse_duration_ms)
+            .unwrap_or(10_000),
+    );
+    let batch_size = plan
+        .setting("execution.batch-size")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8192);
+    let linger = Duration::from_millis(
+        plan.setting("execution.linger")
+            .and_then(parse_duration_ms)
+            .unwrap_or(20),
+    );
+    let default_idle = plan
+        .setting("table.exec.source.idle-timeout")
+        .and_then(parse_duration_ms);
+    let group_id = options
+        .group_id
+        .clone()
+        .unwrap_or_else(|| format!("weir-{}", plan.name));
+
+    let mut handles = Vec::new();
+    let mut counters: BTreeMap<String, Arc<TaskCounters>> = BTreeMap::new();
+    for source in plan.sources() {
+        let mut flows = Vec::new();
+        for flow in plan.flows.iter().filter(|f| f.source == source.name) {
+            let sink_table = &plan.tables[&flow.sink];
+            flows.push(FlowRuntime {
+                flow: flow.clone(),
+                chain: build_chain(flow, &loaded.models).with_context(|| {
+                    format!("building flow {} (INSERT INTO {})", flow.index, flow.sink)
+                })?,
+                encoder: JsonEncoder::new(flow.output.clone(), flow.key_columns.clone()),
+                sink_topic: sink_table.topic.clone(),
+            });
+        }
+        let sink = sinks[&plan.tables[&plan
+            .flows
+            .iter()
+            .find(|f| f.source == source.name)
+            .expect("a source has a flow")
+            .sink]
+            .bootstrap_servers]
+            .clone();
+        let task_counters = Arc::new(TaskCounters::default());
+        counters.insert(source.name.clone(), task_counters.clone());
+        let task = SourceTask {
+            table: source.clone(),
+            flows,
+            sink,
+            stop: stop.clone(),
+            settings: TaskSettings {
+                group_id: format!("{group_id}-{}", source.name),
+                batch_size,
+                linger,
+                checkpoint_interval,
+                idle_timeout: source
+                    .idle_timeout_ms
+                    .or(default_idle)
+                    .map(Duration::from_millis),
+            },
+            counters: task_counters,
+        };
+        let name = format!("weir-source-{}", source.name);
+        handles.push((
+            source.name.clone(),
+            std::thread::Builder::new()
+                .name(name)
+                .spawn(move || task.run())?,
+        ));
+    }
+
+    let mut first_error = None;
+    for (name, h) in handles {
+        let result = h
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("source task {name} panicked")));
+        if let Err(e) = result {
+            stop.store(true, Ordering::Relaxed);
+            if first_error.is_none() {
+                first_error = Some(e.context(format!("source {name}")));
+            }
+        }
+    }
+    for s in sinks.values() {
+        if let Err(e) = s.flush()
+            && first_error.is_none()
+        {
+            first_error = Some(e);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for g in generators {
+        let _ = g.join();
+    }
+    if let Some(p) = printer {
+        let _ = p.join();
+    }
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    let mut summary = RunSummary::default();
+    for (name, c) in counters {
+        summary.sources.insert(
+            name,
+            SourceSummary {
+                records_in: c.records_in.load(Ordering::Relaxed),
+                dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
+                late: c.late.load(Ordering::Relaxed),
+                records_out: c.records_out.load(Ordering::Relaxed),
+            },
+        );
+    }
+    Ok(summary)
+}
+
+fn create_output_topic(
+    embedded: Option<&EmbeddedBroker>,
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+) -> anyhow::Result<()> {
+    match embedded {
+        Some(b) => b.create_topic(topic, partitions),
+        None => ensure_topic(bootstrap, topic, partitions, CONNECT_TIMEOUT),
+    }
+}
+
+fn spawn_generator(
+    source: &KafkaTable,
+    kind: &str,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    if kind != "fraud" {
+        bail!(
+            "source {}: unknown 'embedded.generator' '{kind}' (available: fraud)",
+            source.name
+        );
+    }
+    let rate = source.embedded_generator_rate.unwrap_or(2000).max(1);
+    let config = producer_config(&source.bootstrap_servers, &BTreeMap::new());
+    let sink = Sink::new(&config)?;
+    let topic = source.topic.clone();
+    info!("generating fraud-example transactions into '{topic}' at {rate} events/s");
+    Ok(std::thread::Builder::new()
+        .name("weir-generator".into())
+        .spawn(move || {
+            // The training data's settings (100k cards, 200 events per simulated
+            // second); simulated time runs rate/200 times faster than the wall
+            // clock, so at 2000 events/s a one-minute window fires every 6 s.
+            let start_ms = chrono::Utc::now().timestamp_millis();
+            let mut g = FraudGenerator::new(7, 100_000, start_ms, 200);
+            let started = std::time::Instant::now();
+            let mut sent: u64 = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
+                if sent >= due {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                }
+                let burst = due.min(sent + 1000) - sent;
+                for _ in 0..burst {
+                    let e = g.next_event();
+                    let key = format!("card-{:06}", e.card);
+                    if let Err(err) =
+                        sink.send(&topic, Some(key.as_bytes()), e.to_json().as_bytes(), None)
+                    {
+                        tracing::error!("generator: {err:#}");
+                        return;
+                    }
+                    sent += 1;
+                }
+            }
+            let _ = sink.flush();
+        })?)
+}

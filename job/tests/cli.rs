@@ -1,0 +1,176 @@
+//! The `weir` binary as a user runs it.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn weir() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_weir"));
+    c.current_dir(root()).env_remove("KAFKA_BROKERS");
+    c
+}
+
+/// The README's example command: the fraud pipeline on the embedded broker
+/// prints predictions, and Ctrl-C (SIGINT) stops it cleanly with exit 0.
+#[test]
+fn fraud_example_prints_predictions_on_the_embedded_broker() {
+    let mut child = weir()
+        .args(["run", "examples/fraud/pipeline.sql"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("weir starts");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut prediction = None;
+    while Instant::now() < deadline && prediction.is_none() {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200))
+            && line.starts_with("card-scores ")
+        {
+            prediction = Some(line);
+        }
+    }
+    let pid = child.id() as i32;
+    // SIGINT, as Ctrl-C sends.
+    unsafe_kill(pid);
+    let status = wait_with_deadline(&mut child, Duration::from_secs(60));
+    let line = prediction.expect("a prediction within 120 s");
+    let json = line.split_once("] ").expect("topic [key] value").1;
+    let v: serde_json::Value = serde_json::from_str(json).expect("the prediction is JSON");
+    let p = v["p_fraud"].as_f64().expect("p_fraud is a number");
+    assert!((0.0..=1.0).contains(&p), "{line}");
+    assert!(
+        v["card_id"].as_str().unwrap().starts_with("card-"),
+        "{line}"
+    );
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "weir exits 0 after Ctrl-C"
+    );
+}
+
+fn unsafe_kill(pid: i32) {
+    let status = Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+}
+
+fn wait_with_deadline(
+    child: &mut std::process::Child,
+    timeout: Duration,
+) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Some(s) = child.try_wait().expect("wait") {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    None
+}
+
+#[test]
+fn explain_prints_the_dataflow() {
+    let out = weir()
+        .args(["explain", "examples/fraud/pipeline.sql"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    for needle in [
+        "source transactions",
+        "window aggregate HOP(slide 1min, size 10min)",
+        "predict with model fraud",
+        "sink card_scores",
+        "model fraud",
+    ] {
+        assert!(text.contains(needle), "explain lacks {needle:?}:\n{text}");
+    }
+}
+
+#[test]
+fn bad_sql_is_reported_with_file_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.sql");
+    std::fs::write(
+        &file,
+        "CREATE TABLE t (a TEXT) WITH ('connector' = 'kafka', 'topic' = 't', 'format' = 'json',\n  'properties.bootstrap.servers' = 'x', 'scan.startup.mod' = 'earliest-offset');\nINSERT INTO t SELECT a FROM t;\n",
+    )
+    .unwrap();
+    let out = weir()
+        .args(["run", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("bad.sql:2:41: unknown table option 'scan.startup.mod'"),
+        "{err}"
+    );
+    assert!(err.contains("did you mean 'scan.startup.mode'"), "{err}");
+}
+
+#[test]
+fn an_unreachable_broker_is_reported_quickly() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("p.sql");
+    std::fs::write(
+        &file,
+        "CREATE TABLE t (a TEXT) WITH ('connector' = 'kafka', 'topic' = 't', 'format' = 'json', 'properties.bootstrap.servers' = '127.0.0.1:1');\nCREATE TABLE o WITH ('connector' = 'kafka', 'topic' = 'o', 'format' = 'json', 'properties.bootstrap.servers' = '127.0.0.1:1');\nINSERT INTO o SELECT a FROM t;\n",
+    )
+    .unwrap();
+    let started = Instant::now();
+    let out = weir()
+        .args(["run", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("cannot reach Kafka at '127.0.0.1:1'"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn generate_writes_json_lines() {
+    let out = weir()
+        .args(["generate", "fraud", "--events", "100"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text.lines().count(), 100);
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(v["amount"].as_f64().unwrap() > 0.0);
+    }
+}

@@ -1,0 +1,157 @@
+//! Builds a flow's operator chain from its plan: logical expressions become
+//! DataFusion physical expressions, `predict` calls are bound to loaded models.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::common::DFSchemaRef;
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::execution::context::ExecutionProps;
+use datafusion::logical_expr::expr::ScalarFunction;
+use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
+use datafusion::logical_expr::simplify::SimplifyContext;
+use datafusion::logical_expr::{Expr, ExprSchemable, ScalarUDF};
+use datafusion::optimizer::simplify_expressions::ExprSimplifier;
+use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
+use datafusion::physical_expr::{PhysicalExpr, create_physical_expr};
+use weir_sql::{Flow, GroupKey, Stage, predict_model};
+
+use crate::chain::Chain;
+use crate::operator::Operator;
+use crate::predict::{BoundPredict, Model};
+use crate::stateless::{FilterOp, ProjectOp, WindowColumnsOp};
+use crate::window::{AggregateSpec, Assigner, OutputColumn, WindowAggregateOp};
+
+/// Output schemas are all-nullable: DataFusion's nullability inference is not
+/// something a running pipeline should fail on.
+fn nullable(schema: &Schema) -> SchemaRef {
+    Arc::new(Schema::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| Field::new(f.name(), f.data_type().clone(), true))
+            .collect::<Vec<_>>(),
+    ))
+}
+
+fn bind_models(expr: &Expr, models: &HashMap<String, Arc<Model>>) -> anyhow::Result<Expr> {
+    let bound = expr.clone().transform_up(|e| {
+        let Some(name) = predict_model(&e) else {
+            return Ok(Transformed::no(e));
+        };
+        let model = models.get(name).cloned().ok_or_else(|| {
+            datafusion::common::DataFusionError::Plan(format!("model {name} is not loaded"))
+        })?;
+        let Expr::ScalarFunction(f) = e else {
+            unreachable!("predict_model matched a scalar function")
+        };
+        let udf = Arc::new(ScalarUDF::new_from_impl(BoundPredict::new(model)));
+        Ok(Transformed::yes(Expr::ScalarFunction(
+            ScalarFunction::new_udf(udf, f.args[1..].to_vec()),
+        )))
+    })?;
+    Ok(bound.data)
+}
+
+/// Binds models and simplifies: DataFusion leaves some functions (coalesce,
+/// nvl, ...) to be rewritten by the simplifier, which also folds constants.
+fn prepare(
+    expr: &Expr,
+    schema: &DFSchemaRef,
+    models: &HashMap<String, Arc<Model>>,
+) -> anyhow::Result<Expr> {
+    let expr = bind_models(expr, models)?;
+    let context = SimplifyContext::builder()
+        .with_schema(schema.clone())
+        .build();
+    ExprSimplifier::new(context)
+        .simplify(expr)
+        .context("simplifying an expression")
+}
+
+fn physical(
+    expr: &Expr,
+    schema: &DFSchemaRef,
+    models: &HashMap<String, Arc<Model>>,
+) -> anyhow::Result<Arc<dyn PhysicalExpr>> {
+    let expr = prepare(expr, schema, models)?;
+    create_physical_expr(
+        &expr,
+        schema,
+        &ExecutionProps::new(),
+        &PhysicalPlanningContext::default(),
+    )
+    .with_context(|| format!("planning {}", expr.human_display()))
+}
+
+pub fn build_chain(flow: &Flow, models: &HashMap<String, Arc<Model>>) -> anyhow::Result<Chain> {
+    let mut ops: Vec<Box<dyn Operator>> = Vec::new();
+    for stage in &flow.stages {
+        match stage {
+            Stage::WindowColumns { output } => ops.push(Box::new(WindowColumnsOp {
+                schema: nullable(output.as_arrow()),
+            })),
+            Stage::Filter { input, predicate } => ops.push(Box::new(FilterOp {
+                predicate: physical(predicate, input, models)?,
+            })),
+            Stage::Project {
+                input,
+                exprs,
+                output,
+            } => ops.push(Box::new(ProjectOp {
+                exprs: exprs
+                    .iter()
+                    .map(|e| physical(e, input, models))
+                    .collect::<anyhow::Result<_>>()?,
+                schema: nullable(output.as_arrow()),
+            })),
+            Stage::WindowAggregate(w) => {
+                let mut key_exprs = Vec::new();
+                let mut key_types = Vec::new();
+                let mut columns = Vec::new();
+                for g in &w.group {
+                    columns.push(match g {
+                        GroupKey::Expr(e) => {
+                            key_types.push(e.get_type(&w.input)?);
+                            key_exprs.push(physical(e, &w.input, models)?);
+                            OutputColumn::Key(key_exprs.len() - 1)
+                        }
+                        GroupKey::WindowStart => OutputColumn::WindowStart,
+                        GroupKey::WindowEnd => OutputColumn::WindowEnd,
+                        GroupKey::WindowTime => OutputColumn::WindowTime,
+                    });
+                }
+                let mut aggregates = Vec::new();
+                for (i, e) in w.aggregates.iter().enumerate() {
+                    let e = prepare(e, &w.input, models)?;
+                    let lowered = LoweredAggregateBuilder::new(
+                        &e,
+                        &w.input,
+                        w.input.as_arrow(),
+                        &ExecutionProps::new(),
+                        &PhysicalPlanningContext::default(),
+                    )
+                    .build()
+                    .with_context(|| format!("planning aggregate {}", e.human_display()))?;
+                    aggregates.push(AggregateSpec {
+                        expr: lowered.aggregate,
+                        filter: lowered.filter,
+                    });
+                    columns.push(OutputColumn::Aggregate(i));
+                }
+                ops.push(Box::new(WindowAggregateOp::new(
+                    Assigner::new(w.kind, w.offset_ms),
+                    w.time_column,
+                    key_exprs,
+                    key_types,
+                    aggregates,
+                    columns,
+                    nullable(w.output.as_arrow()),
+                )?));
+            }
+        }
+    }
+    Ok(Chain::new(ops))
+}

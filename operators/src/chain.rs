@@ -1,0 +1,66 @@
+//! A flow's operators in order; batches and watermarks pass through them.
+
+use crate::operator::{Batch, Context, Operator};
+
+pub struct Chain {
+    ops: Vec<Box<dyn Operator>>,
+}
+
+impl Chain {
+    pub fn new(ops: Vec<Box<dyn Operator>>) -> Self {
+        Self { ops }
+    }
+
+    pub fn operators(&self) -> impl Iterator<Item = &dyn Operator> {
+        self.ops.iter().map(|o| o.as_ref())
+    }
+
+    /// Pushes `batch` through every operator; returns what reaches the end.
+    pub fn process(&mut self, batch: Batch, ctx: &mut Context) -> anyhow::Result<Vec<Batch>> {
+        self.run_from(0, vec![batch], ctx)
+    }
+
+    /// Advances every operator's watermark, in order, so what one emits is
+    /// processed by the next before that one sees the watermark.
+    pub fn advance_watermark(
+        &mut self,
+        watermark: i64,
+        ctx: &mut Context,
+    ) -> anyhow::Result<Vec<Batch>> {
+        let mut pending: Vec<Batch> = Vec::new();
+        for i in 0..self.ops.len() {
+            let mut next = Vec::new();
+            for b in pending {
+                if b.num_rows() > 0 {
+                    self.ops[i].process(b, ctx, &mut next)?;
+                }
+            }
+            self.ops[i].advance_watermark(watermark, ctx, &mut next)?;
+            pending = next;
+        }
+        Ok(pending)
+    }
+
+    fn run_from(
+        &mut self,
+        start: usize,
+        batches: Vec<Batch>,
+        ctx: &mut Context,
+    ) -> anyhow::Result<Vec<Batch>> {
+        let mut pending = batches;
+        for op in &mut self.ops[start..] {
+            let mut next = Vec::new();
+            for b in pending {
+                if b.num_rows() > 0 {
+                    op.process(b, ctx, &mut next)?;
+                }
+            }
+            pending = next;
+        }
+        Ok(pending)
+    }
+
+    pub fn state_rows(&self) -> usize {
+        self.ops.iter().map(|o| o.state_rows()).sum()
+    }
+}

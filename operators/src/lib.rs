@@ -1,0 +1,30 @@
+//! weir-operators: the streaming operators a flow runs, each over Arrow
+//! `RecordBatch`es.
+//!
+//! ```text
+//! Kafka records --decode--> Batch --[window columns]--> filter/project (PhysicalExpr)
+//!     --> window aggregate (GroupsAccumulator per open pane) --> filter/project
+//!     --> predict (one tract run per batch, inside the projection) --encode--> Kafka records
+//! ```
+//!
+//! What it is for: the per-batch work between a Kafka fetch and a Kafka produce,
+//! built from a [`weir_sql::Flow`]. What it is not for: Kafka I/O, threads, or
+//! the job's lifecycle (that is the `weir` crate).
+
+pub mod build;
+pub mod chain;
+pub mod decode;
+pub mod encode;
+pub mod operator;
+pub mod predict;
+pub mod stateless;
+pub mod watermark;
+pub mod window;
+
+pub use build::build_chain;
+pub use chain::Chain;
+pub use decode::{BadRecord, JsonDecoder, RecordMeta};
+pub use encode::{EncodedBatch, JsonEncoder};
+pub use operator::{Batch, Context, Operator};
+pub use predict::{Model, TractInspector};
+pub use watermark::WatermarkTracker;

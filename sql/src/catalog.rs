@@ -1,0 +1,524 @@
+//! What a pipeline file declares: Kafka tables (sources and sinks), models and
+//! job settings, validated option by option so a typo is an error with a place,
+//! never a silently ignored option.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+
+use crate::error::{LResult, Located, Pos};
+use crate::statement::{ColumnSpec, OptionSpec, Spanned, WatermarkSpec};
+use crate::subst::substitute;
+
+/// Which part of a Kafka record fills a `METADATA FROM '...'` column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetadataKind {
+    Key,
+    Timestamp,
+    Partition,
+    Offset,
+}
+
+#[derive(Debug, Clone)]
+pub struct Column {
+    pub name: String,
+    pub data_type: DataType,
+    pub nullable: bool,
+    pub metadata: Option<MetadataKind>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Watermark {
+    /// Index of the event-time column in the table's columns.
+    pub column: usize,
+    pub delay_ms: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartupMode {
+    Earliest,
+    Latest,
+    GroupOffsets,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryGuarantee {
+    AtLeastOnce,
+    ExactlyOnce,
+}
+
+/// A `CREATE TABLE ... WITH ('connector' = 'kafka', ...)`. Whether it is read
+/// (a source) or written (a sink) depends on how the pipeline uses it.
+#[derive(Debug, Clone)]
+pub struct KafkaTable {
+    pub name: String,
+    pub pos: Pos,
+    /// Declared columns; empty for a sink that takes its columns from its query.
+    pub columns: Vec<Column>,
+    pub watermark: Option<Watermark>,
+    pub topic: String,
+    pub bootstrap_servers: String,
+    /// `properties.*` options (minus `bootstrap.servers`), passed to librdkafka.
+    pub properties: BTreeMap<String, String>,
+    pub startup_mode: StartupMode,
+    pub bounded: bool,
+    pub dead_letter_topic: Option<String>,
+    pub key_fields: Vec<Spanned<String>>,
+    pub delivery: DeliveryGuarantee,
+    /// Partitions to create the topic with when it does not exist.
+    pub partitions: Option<i32>,
+    /// After this long without records a partition stops holding the watermark back.
+    pub idle_timeout_ms: Option<u64>,
+    /// For the embedded broker only: a synthetic data generator feeding this topic.
+    pub embedded_generator: Option<String>,
+    pub embedded_generator_rate: Option<u64>,
+}
+
+impl KafkaTable {
+    /// The Arrow schema of decoded records: every declared column, in order.
+    pub fn schema(&self) -> SchemaRef {
+        Arc::new(Schema::new(
+            self.columns
+                .iter()
+                .map(|c| Field::new(&c.name, c.data_type.clone(), c.nullable))
+                .collect::<Vec<_>>(),
+        ))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelKind {
+    /// Returns the positive-class probability (the probabilities output, column 1).
+    Classifier,
+    /// Returns its single output value.
+    Regressor,
+}
+
+/// What the planner needs to know about a model file.
+#[derive(Debug, Clone)]
+pub struct ModelInfo {
+    pub inputs: usize,
+    pub kind: ModelKind,
+    pub summary: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ModelDef {
+    pub name: String,
+    pub path: PathBuf,
+    pub info: ModelInfo,
+}
+
+/// Loads a model's metadata at plan time; implemented with tract by weir-operators,
+/// so this crate stays free of I/O and of the model runtime.
+pub trait ModelInspector {
+    fn inspect(&self, path: &std::path::Path) -> Result<ModelInfo, String>;
+}
+
+pub const TABLE_OPTIONS: &[&str] = &[
+    "connector",
+    "topic",
+    "format",
+    "properties.bootstrap.servers",
+    "properties.*",
+    "scan.startup.mode",
+    "scan.bounded.mode",
+    "scan.watermark.idle-timeout",
+    "key.fields",
+    "dead-letter.topic",
+    "sink.delivery-guarantee",
+    "topic.partitions",
+    "json.timestamp-format.standard",
+    "embedded.generator",
+    "embedded.generator.rate",
+];
+
+pub const SETTINGS: &[&str] = &[
+    "pipeline.name",
+    "checkpoint.interval",
+    "execution.batch-size",
+    "execution.linger",
+    "table.exec.source.idle-timeout",
+];
+
+/// The closest of `candidates` to `word`, if it is close enough to be a typo.
+pub fn did_you_mean<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    candidates
+        .iter()
+        .map(|c| (edit_distance(word, c), *c))
+        .filter(|(d, c)| *d <= 3.max(c.len() / 4))
+        .min()
+        .map(|(_, c)| c)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb))
+                .min(row[j] + 1)
+                .min(row[j + 1] + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+fn unknown(what: &str, word: &Spanned<String>, valid: &[&str]) -> Located {
+    let hint = match did_you_mean(&word.value, valid) {
+        Some(s) => format!("did you mean '{s}'? "),
+        None => String::new(),
+    };
+    Located::new(
+        word.pos,
+        format!(
+            "unknown {what} '{}': {hint}valid: {}",
+            word.value,
+            valid.join(", ")
+        ),
+    )
+}
+
+pub fn check_setting(key: &Spanned<String>) -> LResult<()> {
+    if SETTINGS.contains(&key.value.as_str()) {
+        Ok(())
+    } else {
+        Err(unknown("setting", key, SETTINGS))
+    }
+}
+
+/// Parses a duration such as `10s`, `500ms`, `1 min`, `2h`.
+pub fn parse_duration_ms(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let unit = unit.trim().to_ascii_lowercase();
+    let mult = match unit.as_str() {
+        "ms" | "millisecond" | "milliseconds" => 1,
+        "" | "s" | "sec" | "second" | "seconds" => 1_000,
+        "m" | "min" | "minute" | "minutes" => 60_000,
+        "h" | "hour" | "hours" => 3_600_000,
+        _ => return None,
+    };
+    Some(n * mult)
+}
+
+fn sql_type(type_name: &Spanned<String>) -> LResult<DataType> {
+    let t = type_name.value.as_str();
+    let base = t.split('(').next().unwrap_or(t);
+    Ok(match base {
+        "TEXT" | "VARCHAR" | "STRING" | "CHAR" => DataType::Utf8,
+        "BIGINT" => DataType::Int64,
+        "INT" | "INTEGER" => DataType::Int32,
+        "SMALLINT" => DataType::Int16,
+        "TINYINT" => DataType::Int8,
+        "DOUBLE" => DataType::Float64,
+        "FLOAT" | "REAL" => DataType::Float32,
+        "BOOLEAN" | "BOOL" => DataType::Boolean,
+        "TIMESTAMP" | "TIMESTAMP_LTZ" => {
+            if t != base && t != "TIMESTAMP(3)" && t != "TIMESTAMP_LTZ(3)" {
+                return Err(Located::new(
+                    type_name.pos,
+                    format!(
+                        "{t} is not supported: weir keeps event time in milliseconds, use TIMESTAMP(3)"
+                    ),
+                ));
+            }
+            DataType::Timestamp(TimeUnit::Millisecond, None)
+        }
+        _ => {
+            return Err(Located::new(
+                type_name.pos,
+                format!(
+                    "unsupported column type {t}: use TEXT/VARCHAR/STRING, BIGINT, INT, SMALLINT, TINYINT, DOUBLE, FLOAT, BOOLEAN or TIMESTAMP(3)"
+                ),
+            ));
+        }
+    })
+}
+
+pub fn build_columns(specs: &[ColumnSpec]) -> LResult<Vec<Column>> {
+    let mut columns: Vec<Column> = Vec::with_capacity(specs.len());
+    for spec in specs {
+        if columns.iter().any(|c| c.name == spec.name.value) {
+            return Err(Located::new(
+                spec.name.pos,
+                format!("column {} is declared twice", spec.name.value),
+            ));
+        }
+        let data_type = sql_type(&spec.type_name)?;
+        let metadata = match &spec.metadata {
+            None => None,
+            Some(m) => {
+                let (kind, expected) = match m.value.as_str() {
+                    "key" => (MetadataKind::Key, DataType::Utf8),
+                    "timestamp" => (
+                        MetadataKind::Timestamp,
+                        DataType::Timestamp(TimeUnit::Millisecond, None),
+                    ),
+                    "partition" => (MetadataKind::Partition, DataType::Int32),
+                    "offset" => (MetadataKind::Offset, DataType::Int64),
+                    _ => {
+                        return Err(unknown(
+                            "metadata key",
+                            m,
+                            &["key", "timestamp", "partition", "offset"],
+                        ));
+                    }
+                };
+                if data_type != expected
+                    && !(kind == MetadataKind::Offset && data_type == DataType::Int32)
+                {
+                    return Err(Located::new(
+                        spec.type_name.pos,
+                        format!(
+                            "METADATA FROM '{}' is of type {}, not {}",
+                            m.value,
+                            type_label(&expected),
+                            spec.type_name.value
+                        ),
+                    ));
+                }
+                Some(kind)
+            }
+        };
+        columns.push(Column {
+            name: spec.name.value.clone(),
+            data_type,
+            nullable: !spec.not_null,
+            metadata,
+        });
+    }
+    Ok(columns)
+}
+
+fn type_label(t: &DataType) -> &'static str {
+    match t {
+        DataType::Utf8 => "TEXT",
+        DataType::Int32 => "INT",
+        DataType::Int64 => "BIGINT",
+        DataType::Timestamp(..) => "TIMESTAMP(3)",
+        _ => "?",
+    }
+}
+
+/// Validates a table's WITH options and builds the table.
+pub fn build_table(
+    name: &Spanned<String>,
+    columns: Vec<Column>,
+    watermark: Option<&WatermarkSpec>,
+    options: &[OptionSpec],
+    env: &dyn Fn(&str) -> Option<String>,
+) -> LResult<KafkaTable> {
+    let mut values: BTreeMap<String, Spanned<String>> = BTreeMap::new();
+    for opt in options {
+        let key = &opt.key.value;
+        let known = TABLE_OPTIONS.contains(&key.as_str()) || key.starts_with("properties.");
+        if !known {
+            return Err(unknown("table option", &opt.key, TABLE_OPTIONS));
+        }
+        let value =
+            substitute(&opt.value.value, env).map_err(|m| Located::new(opt.value.pos, m))?;
+        if values
+            .insert(
+                key.clone(),
+                Spanned {
+                    value,
+                    pos: opt.value.pos,
+                },
+            )
+            .is_some()
+        {
+            return Err(Located::new(
+                opt.key.pos,
+                format!("option '{key}' is given twice"),
+            ));
+        }
+    }
+    let get = |k: &str| values.get(k);
+    let required = |k: &str| {
+        values.get(k).ok_or_else(|| {
+            Located::new(
+                name.pos,
+                format!("table {} needs the option '{k}'", name.value),
+            )
+        })
+    };
+    let one_of = |k: &str, allowed: &[&str], default: &str| -> LResult<String> {
+        match values.get(k) {
+            None => Ok(default.to_string()),
+            Some(v) if allowed.contains(&v.value.as_str()) => Ok(v.value.clone()),
+            Some(v) => Err(Located::new(
+                v.pos,
+                format!(
+                    "'{k}' = '{}' is not valid: use one of {}",
+                    v.value,
+                    allowed.join(", ")
+                ),
+            )),
+        }
+    };
+    one_of("connector", &["kafka"], "")?;
+    required("connector")?;
+    let topic = required("topic")?.value.clone();
+    one_of("format", &["json"], "")?;
+    required("format")?;
+    let bootstrap_servers = required("properties.bootstrap.servers")?.value.clone();
+    let startup_mode = match one_of(
+        "scan.startup.mode",
+        &["earliest-offset", "latest-offset", "group-offsets"],
+        "group-offsets",
+    )?
+    .as_str()
+    {
+        "earliest-offset" => StartupMode::Earliest,
+        "latest-offset" => StartupMode::Latest,
+        _ => StartupMode::GroupOffsets,
+    };
+    let bounded = one_of(
+        "scan.bounded.mode",
+        &["latest-offset", "unbounded"],
+        "unbounded",
+    )? == "latest-offset";
+    let delivery = match one_of(
+        "sink.delivery-guarantee",
+        &["at-least-once", "exactly-once", "none"],
+        "at-least-once",
+    )?
+    .as_str()
+    {
+        "exactly-once" => DeliveryGuarantee::ExactlyOnce,
+        _ => DeliveryGuarantee::AtLeastOnce,
+    };
+    one_of(
+        "json.timestamp-format.standard",
+        &["ISO-8601", "SQL"],
+        "ISO-8601",
+    )?;
+    let mut key_fields = Vec::new();
+    if let Some(v) = get("key.fields") {
+        for f in v.value.split(';') {
+            let f = f.trim();
+            if f.is_empty() {
+                return Err(Located::new(
+                    v.pos,
+                    "'key.fields' lists column names separated by ';'",
+                ));
+            }
+            key_fields.push(Spanned {
+                value: f.to_string(),
+                pos: v.pos,
+            });
+        }
+    }
+    let number = |k: &str| -> LResult<Option<u64>> {
+        match values.get(k) {
+            None => Ok(None),
+            Some(v) => v.value.trim().parse::<u64>().map(Some).map_err(|_| {
+                Located::new(
+                    v.pos,
+                    format!("'{k}' must be a whole number, not '{}'", v.value),
+                )
+            }),
+        }
+    };
+    let partitions = number("topic.partitions")?.map(|n| n as i32);
+    let embedded_generator_rate = number("embedded.generator.rate")?;
+    let idle_timeout_ms = match get("scan.watermark.idle-timeout") {
+        None => None,
+        Some(v) => Some(parse_duration_ms(&v.value).ok_or_else(|| {
+            Located::new(
+                v.pos,
+                format!(
+                    "'{}' is not a duration: write e.g. '10s' or '500ms'",
+                    v.value
+                ),
+            )
+        })?),
+    };
+    let properties = values
+        .iter()
+        .filter_map(|(k, v)| {
+            let p = k.strip_prefix("properties.")?;
+            (p != "bootstrap.servers").then(|| (p.to_string(), v.value.clone()))
+        })
+        .collect();
+    let watermark = match watermark {
+        None => None,
+        Some(w) => {
+            let column = columns
+                .iter()
+                .position(|c| c.name == w.column.value)
+                .ok_or_else(|| {
+                    Located::new(
+                        w.column.pos,
+                        format!(
+                            "WATERMARK FOR {}: no such column in {}",
+                            w.column.value, name.value
+                        ),
+                    )
+                })?;
+            if !matches!(columns[column].data_type, DataType::Timestamp(..)) {
+                return Err(Located::new(
+                    w.column.pos,
+                    format!(
+                        "the watermark column {} must be TIMESTAMP(3)",
+                        w.column.value
+                    ),
+                ));
+            }
+            Some(Watermark {
+                column,
+                delay_ms: w.delay_ms,
+            })
+        }
+    };
+    Ok(KafkaTable {
+        name: name.value.clone(),
+        pos: name.pos,
+        columns,
+        watermark,
+        topic,
+        bootstrap_servers,
+        properties,
+        startup_mode,
+        bounded,
+        dead_letter_topic: get("dead-letter.topic").map(|v| v.value.clone()),
+        key_fields,
+        delivery,
+        partitions,
+        idle_timeout_ms,
+        embedded_generator: get("embedded.generator").map(|v| v.value.clone()),
+        embedded_generator_rate,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggests_close_option_names() {
+        assert_eq!(
+            did_you_mean("scan.startup.mod", TABLE_OPTIONS),
+            Some("scan.startup.mode")
+        );
+        assert_eq!(did_you_mean("conector", TABLE_OPTIONS), Some("connector"));
+        assert_eq!(did_you_mean("zzzzzzzzzzzzzzzzzz", TABLE_OPTIONS), None);
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration_ms("10s"), Some(10_000));
+        assert_eq!(parse_duration_ms("500ms"), Some(500));
+        assert_eq!(parse_duration_ms("2 min"), Some(120_000));
+        assert_eq!(parse_duration_ms("x"), None);
+    }
+}

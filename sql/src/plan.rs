@@ -1,0 +1,299 @@
+//! The logical dataflow a pipeline file compiles to: for each `INSERT`, a flow
+//! from one Kafka source through a chain of stages to one Kafka sink.
+//!
+//! ```text
+//! source (decode json) -> [window columns] -> filter/project* -> [window aggregate] -> filter/project* -> sink
+//! ```
+//!
+//! Stages hold DataFusion logical expressions over the stage's input schema;
+//! weir-operators turns each into a physical operator.
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::common::DFSchemaRef;
+use datafusion::common::tree_node::TreeNode;
+use datafusion::logical_expr::Expr;
+use std::collections::BTreeMap;
+use std::fmt;
+
+use crate::catalog::{KafkaTable, ModelDef, ModelKind};
+use crate::error::Pos;
+use crate::statement::WindowKind;
+
+#[derive(Debug, Clone)]
+pub enum GroupKey {
+    Expr(Expr),
+    WindowStart,
+    WindowEnd,
+    WindowTime,
+}
+
+#[derive(Debug, Clone)]
+pub struct WindowAggregate {
+    pub input: DFSchemaRef,
+    pub kind: WindowKind,
+    pub offset_ms: i64,
+    /// Index of the event-time column in `input`.
+    pub time_column: usize,
+    pub group: Vec<GroupKey>,
+    pub aggregates: Vec<Expr>,
+    pub output: DFSchemaRef,
+}
+
+#[derive(Debug, Clone)]
+pub enum Stage {
+    /// Appends placeholder (null) window_start, window_end, window_time columns
+    /// so stages before the window aggregate see the window TVF's schema.
+    WindowColumns {
+        output: DFSchemaRef,
+    },
+    Filter {
+        input: DFSchemaRef,
+        predicate: Expr,
+    },
+    Project {
+        input: DFSchemaRef,
+        exprs: Vec<Expr>,
+        output: DFSchemaRef,
+    },
+    WindowAggregate(Box<WindowAggregate>),
+}
+
+impl Stage {
+    pub fn output(&self) -> &DFSchemaRef {
+        match self {
+            Stage::WindowColumns { output } => output,
+            Stage::Filter { input, .. } => input,
+            Stage::Project { output, .. } => output,
+            Stage::WindowAggregate(w) => &w.output,
+        }
+    }
+
+    pub fn exprs(&self) -> Vec<&Expr> {
+        match self {
+            Stage::WindowColumns { .. } => vec![],
+            Stage::Filter { predicate, .. } => vec![predicate],
+            Stage::Project { exprs, .. } => exprs.iter().collect(),
+            Stage::WindowAggregate(w) => w
+                .group
+                .iter()
+                .filter_map(|g| match g {
+                    GroupKey::Expr(e) => Some(e),
+                    _ => None,
+                })
+                .chain(w.aggregates.iter())
+                .collect(),
+        }
+    }
+}
+
+/// One `INSERT INTO sink SELECT ... FROM source`.
+#[derive(Debug, Clone)]
+pub struct Flow {
+    pub index: usize,
+    pub pos: Pos,
+    pub source: String,
+    pub stages: Vec<Stage>,
+    pub sink: String,
+    /// Schema of the records written to the sink.
+    pub output: SchemaRef,
+    /// Indices in `output` of the sink's key fields.
+    pub key_columns: Vec<usize>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PipelinePlan {
+    pub name: String,
+    pub file: std::path::PathBuf,
+    pub settings: BTreeMap<String, String>,
+    pub tables: BTreeMap<String, KafkaTable>,
+    pub models: BTreeMap<String, ModelDef>,
+    pub flows: Vec<Flow>,
+}
+
+impl PipelinePlan {
+    /// Tables some flow reads.
+    pub fn sources(&self) -> Vec<&KafkaTable> {
+        let mut names: Vec<&str> = self.flows.iter().map(|f| f.source.as_str()).collect();
+        names.sort();
+        names.dedup();
+        names.iter().map(|n| &self.tables[*n]).collect()
+    }
+
+    /// Tables some flow writes.
+    pub fn sinks(&self) -> Vec<&KafkaTable> {
+        let mut names: Vec<&str> = self.flows.iter().map(|f| f.sink.as_str()).collect();
+        names.sort();
+        names.dedup();
+        names.iter().map(|n| &self.tables[*n]).collect()
+    }
+
+    pub fn setting(&self, key: &str) -> Option<&str> {
+        self.settings.get(key).map(String::as_str)
+    }
+}
+
+pub fn fmt_ms(ms: i64) -> String {
+    match ms {
+        ms if ms % 3_600_000 == 0 && ms != 0 => format!("{}h", ms / 3_600_000),
+        ms if ms % 60_000 == 0 && ms != 0 => format!("{}min", ms / 60_000),
+        ms if ms % 1_000 == 0 => format!("{}s", ms / 1_000),
+        ms => format!("{ms}ms"),
+    }
+}
+
+fn fmt_schema(schema: &datafusion::arrow::datatypes::Schema) -> String {
+    schema
+        .fields()
+        .iter()
+        .map(|f| format!("{} {}", f.name(), f.data_type()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn fmt_exprs<'a>(exprs: impl IntoIterator<Item = &'a Expr>) -> String {
+    exprs
+        .into_iter()
+        .map(|e| e.human_display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl fmt::Display for PipelinePlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "pipeline {} ({})", self.name, self.file.display())?;
+        for (k, v) in &self.settings {
+            writeln!(f, "  set {k} = {v}")?;
+        }
+        for m in self.models.values() {
+            let kind = match m.info.kind {
+                ModelKind::Classifier => "classifier: returns P(class 1)",
+                ModelKind::Regressor => "regressor",
+            };
+            writeln!(
+                f,
+                "model {}: {} ({kind}; {} input features; {})",
+                m.name,
+                m.path.display(),
+                m.info.inputs,
+                m.info.summary
+            )?;
+        }
+        for flow in &self.flows {
+            let source = &self.tables[&flow.source];
+            let sink = &self.tables[&flow.sink];
+            writeln!(
+                f,
+                "\nflow {} (INSERT INTO {} at line {}):",
+                flow.index, flow.sink, flow.pos.line
+            )?;
+            let wm = match source.watermark {
+                Some(w) => format!(
+                    "watermark {} - {}",
+                    source.columns[w.column].name,
+                    fmt_ms(w.delay_ms)
+                ),
+                None => "no watermark".to_string(),
+            };
+            writeln!(
+                f,
+                "  source {}: kafka topic '{}' ({}, {}{})",
+                source.name,
+                source.topic,
+                wm,
+                if source.bounded {
+                    "bounded"
+                } else {
+                    "unbounded"
+                },
+                source
+                    .dead_letter_topic
+                    .as_ref()
+                    .map(|t| format!(", dead letters to '{t}'"))
+                    .unwrap_or_default()
+            )?;
+            writeln!(f, "    decode json -> [{}]", fmt_schema(&source.schema()))?;
+            for stage in &flow.stages {
+                match stage {
+                    Stage::WindowColumns { .. } => writeln!(
+                        f,
+                        "    window columns (window_start, window_end, window_time)"
+                    )?,
+                    Stage::Filter { predicate, .. } => {
+                        writeln!(f, "    filter {}", predicate.human_display())?
+                    }
+                    Stage::Project { exprs, output, .. } => writeln!(
+                        f,
+                        "    project {} -> [{}]",
+                        fmt_exprs(exprs),
+                        fmt_schema(output.as_arrow())
+                    )?,
+                    Stage::WindowAggregate(w) => {
+                        let kind = match w.kind {
+                            WindowKind::Tumble { size_ms } => {
+                                format!("TUMBLE({})", fmt_ms(size_ms))
+                            }
+                            WindowKind::Hop { slide_ms, size_ms } => {
+                                format!("HOP(slide {}, size {})", fmt_ms(slide_ms), fmt_ms(size_ms))
+                            }
+                        };
+                        let group: Vec<String> = w
+                            .group
+                            .iter()
+                            .map(|g| match g {
+                                GroupKey::Expr(e) => e.human_display().to_string(),
+                                GroupKey::WindowStart => "window_start".into(),
+                                GroupKey::WindowEnd => "window_end".into(),
+                                GroupKey::WindowTime => "window_time".into(),
+                            })
+                            .collect();
+                        writeln!(
+                            f,
+                            "    window aggregate {kind} on {} group by [{}] aggregates [{}] -> [{}]",
+                            w.input.field(w.time_column).name(),
+                            group.join(", "),
+                            fmt_exprs(&w.aggregates),
+                            fmt_schema(w.output.as_arrow())
+                        )?;
+                        writeln!(
+                            f,
+                            "      state: one pane per open window, keyed by the group key; fires when the watermark passes window_end"
+                        )?;
+                    }
+                }
+                for e in stage.exprs() {
+                    let mut models = Vec::new();
+                    let _ = e.apply(|e| {
+                        if let Some(m) = crate::planner::predict_model(e) {
+                            models.push(m.to_string());
+                        }
+                        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+                    });
+                    for m in models {
+                        writeln!(f, "      predict with model {m} (one tract run per batch)")?;
+                    }
+                }
+            }
+            let key = if flow.key_columns.is_empty() {
+                "no key".to_string()
+            } else {
+                format!(
+                    "key [{}]",
+                    flow.key_columns
+                        .iter()
+                        .map(|i| flow.output.field(*i).name().as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            };
+            writeln!(
+                f,
+                "  sink {}: kafka topic '{}' (json, {key}, {:?}) <- [{}]",
+                sink.name,
+                sink.topic,
+                sink.delivery,
+                fmt_schema(&flow.output)
+            )?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,913 @@
+//! Plans a pipeline file: statements -> catalog -> DataFusion logical plans ->
+//! weir's flows (see [`crate::plan`]).
+//!
+//! DataFusion does the SQL work (name resolution, types, coercion, functions);
+//! weir then lowers each analyzed `LogicalPlan` into a chain of streaming
+//! stages. Only plan shapes that make sense on an unbounded stream are accepted;
+//! anything else is an error at the place in the file it came from.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::ControlFlow;
+use std::path::Path;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::common::{
+    Column as DfColumn, DFSchema, DataFusionError, ScalarValue, TableReference,
+};
+use datafusion::config::ConfigOptions;
+use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
+use datafusion::logical_expr::planner::{ContextProvider, ExprPlanner};
+use datafusion::logical_expr::{
+    AggregateUDF, ColumnarValue, Expr, LogicalPlan, LogicalPlanBuilder, LogicalTableSource,
+    ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TableSource, Volatility, WindowUDF,
+    cast,
+};
+use datafusion::optimizer::Analyzer;
+use datafusion::sql::planner::{ParserOptions, SqlToRel};
+use datafusion::sql::sqlparser::ast::{
+    self, FunctionArg, FunctionArgExpr, FunctionArguments, Spanned as _, Statement as SqlStatement,
+    visit_expressions_mut,
+};
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::parser::{Parser, ParserError};
+use datafusion::sql::sqlparser::tokenizer::Token;
+
+use crate::catalog::{
+    KafkaTable, ModelDef, ModelInspector, build_columns, build_table, check_setting, did_you_mean,
+};
+use crate::error::{LResult, Located, PlanError, Pos};
+use crate::plan::{Flow, GroupKey, PipelinePlan, Stage, WindowAggregate};
+use crate::source::{SqlFile, pos};
+use crate::statement::{QuerySpan, Statement, WindowKind, WindowTvf, parse_statements};
+use crate::subst::substitute;
+
+pub const WINDOW_START: &str = "window_start";
+pub const WINDOW_END: &str = "window_end";
+pub const WINDOW_TIME: &str = "window_time";
+
+/// Plans the text of a pipeline file. `env` resolves `${VAR}`s; `models`
+/// reads model metadata (the caller decides how models are loaded).
+pub fn plan_pipeline(
+    path: &Path,
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    models: &dyn ModelInspector,
+) -> Result<PipelinePlan, PlanError> {
+    let file = SqlFile::new(path, text);
+    let mut planner = Planner::new(&file, env, models);
+    planner.run(text).map_err(|e| file.error(e))
+}
+
+/// The model name of a `predict(model, ...)` call, if `e` is one.
+pub fn predict_model(e: &Expr) -> Option<&str> {
+    match e {
+        Expr::ScalarFunction(f) if f.func.name() == PREDICT => match f.args.first() {
+            Some(Expr::Literal(ScalarValue::Utf8(Some(name)), _)) => Some(name.as_str()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+pub const PREDICT: &str = "predict";
+
+/// `predict` as the planner sees it: any arguments, a DOUBLE result. weir-operators
+/// binds each call to its model before anything runs.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct PredictPlaceholder {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for PredictPlaceholder {
+    fn name(&self) -> &str {
+        PREDICT
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _args: &[DataType]) -> datafusion::common::Result<DataType> {
+        Ok(DataType::Float64)
+    }
+    fn invoke_with_args(
+        &self,
+        _args: ScalarFunctionArgs,
+    ) -> datafusion::common::Result<ColumnarValue> {
+        Err(DataFusionError::Internal(
+            "predict must be bound to its model before it runs".into(),
+        ))
+    }
+}
+
+struct Provider {
+    state: SessionState,
+    udfs: HashMap<String, Arc<ScalarUDF>>,
+    tables: HashMap<String, Arc<dyn TableSource>>,
+    options: ConfigOptions,
+}
+
+impl ContextProvider for Provider {
+    fn get_table_source(
+        &self,
+        name: TableReference,
+    ) -> datafusion::common::Result<Arc<dyn TableSource>> {
+        self.tables
+            .get(name.table())
+            .cloned()
+            .ok_or_else(|| DataFusionError::Plan(format!("table '{}' not found", name.table())))
+    }
+    fn get_function_meta(&self, name: &str) -> Option<Arc<ScalarUDF>> {
+        self.udfs.get(name).cloned()
+    }
+    fn get_higher_order_meta(
+        &self,
+        _name: &str,
+    ) -> Option<Arc<datafusion::logical_expr::HigherOrderUDF>> {
+        None
+    }
+    fn get_aggregate_meta(&self, name: &str) -> Option<Arc<AggregateUDF>> {
+        // `variance` is var_samp in Flink, PostgreSQL and DuckDB.
+        let name = if name == "variance" { "var_samp" } else { name };
+        self.state.aggregate_functions().get(name).cloned()
+    }
+    fn get_window_meta(&self, name: &str) -> Option<Arc<WindowUDF>> {
+        self.state.window_functions().get(name).cloned()
+    }
+    fn get_variable_type(&self, _names: &[String]) -> Option<DataType> {
+        None
+    }
+    fn options(&self) -> &ConfigOptions {
+        &self.options
+    }
+    fn udf_names(&self) -> Vec<String> {
+        self.udfs.keys().cloned().collect()
+    }
+    fn udaf_names(&self) -> Vec<String> {
+        self.state.aggregate_functions().keys().cloned().collect()
+    }
+    fn higher_order_function_names(&self) -> Vec<String> {
+        vec![]
+    }
+    fn udwf_names(&self) -> Vec<String> {
+        self.state.window_functions().keys().cloned().collect()
+    }
+    fn get_expr_planners(&self) -> &[Arc<dyn ExprPlanner>] {
+        self.state.expr_planners()
+    }
+}
+
+/// A window TVF registered as a table named `#N` for DataFusion.
+#[derive(Debug, Clone)]
+struct Tvf {
+    source: String,
+    kind: WindowKind,
+    offset_ms: i64,
+    time_column: String,
+}
+
+struct View {
+    plan: LogicalPlan,
+}
+
+struct Chain {
+    source: String,
+    stages: Vec<Stage>,
+    /// The window TVF whose (placeholder) columns flow through the chain, until
+    /// a GROUP BY aggregates them.
+    window: Option<Tvf>,
+}
+
+struct Planner<'a> {
+    file: &'a SqlFile,
+    env: &'a dyn Fn(&str) -> Option<String>,
+    inspector: &'a dyn ModelInspector,
+    provider: Provider,
+    tables: BTreeMap<String, KafkaTable>,
+    models: BTreeMap<String, ModelDef>,
+    views: HashMap<String, View>,
+    tvfs: HashMap<String, Tvf>,
+    settings: BTreeMap<String, String>,
+    flows: Vec<Flow>,
+}
+
+impl<'a> Planner<'a> {
+    fn new(
+        file: &'a SqlFile,
+        env: &'a dyn Fn(&str) -> Option<String>,
+        inspector: &'a dyn ModelInspector,
+    ) -> Self {
+        let state = SessionStateBuilder::new().with_default_features().build();
+        let mut udfs: HashMap<String, Arc<ScalarUDF>> = state.scalar_functions().clone();
+        udfs.insert(
+            PREDICT.to_string(),
+            Arc::new(ScalarUDF::new_from_impl(PredictPlaceholder {
+                signature: Signature::variadic_any(Volatility::Immutable),
+            })),
+        );
+        let mut options = state.config_options().as_ref().clone();
+        options.sql_parser.collect_spans = true;
+        // Identifiers are case-sensitive, as in Flink: a column is named after its JSON field.
+        options.sql_parser.enable_ident_normalization = false;
+        Self {
+            file,
+            env,
+            inspector,
+            provider: Provider {
+                state,
+                udfs,
+                tables: HashMap::new(),
+                options,
+            },
+            tables: BTreeMap::new(),
+            models: BTreeMap::new(),
+            views: HashMap::new(),
+            tvfs: HashMap::new(),
+            settings: BTreeMap::new(),
+            flows: Vec::new(),
+        }
+    }
+
+    fn name_taken(&self, name: &str) -> bool {
+        self.tables.contains_key(name)
+            || self.views.contains_key(name)
+            || self.models.contains_key(name)
+    }
+
+    fn run(&mut self, text: &str) -> LResult<PipelinePlan> {
+        let statements = parse_statements(self.file, text)?;
+        for statement in statements {
+            match statement {
+                Statement::Set { key, value } => {
+                    check_setting(&key)?;
+                    let v = substitute(&value.value, self.env)
+                        .map_err(|m| Located::new(value.pos, m))?;
+                    self.settings.insert(key.value, v);
+                }
+                Statement::CreateTable {
+                    name,
+                    columns,
+                    watermark,
+                    options,
+                } => {
+                    if self.name_taken(&name.value) {
+                        return Err(Located::new(
+                            name.pos,
+                            format!("{} is already defined", name.value),
+                        ));
+                    }
+                    let columns = build_columns(&columns)?;
+                    let table =
+                        build_table(&name, columns, watermark.as_ref(), &options, self.env)?;
+                    self.provider.tables.insert(
+                        table.name.clone(),
+                        Arc::new(LogicalTableSource::new(table.schema())),
+                    );
+                    self.tables.insert(table.name.clone(), table);
+                }
+                Statement::CreateModel { name, options } => {
+                    if self.name_taken(&name.value) {
+                        return Err(Located::new(
+                            name.pos,
+                            format!("{} is already defined", name.value),
+                        ));
+                    }
+                    let mut path = None;
+                    for opt in &options {
+                        if opt.key.value != "path" {
+                            return Err(Located::new(
+                                opt.key.pos,
+                                format!("unknown model option '{}': valid: path", opt.key.value),
+                            ));
+                        }
+                        let v = substitute(&opt.value.value, self.env)
+                            .map_err(|m| Located::new(opt.value.pos, m))?;
+                        path = Some((v, opt.value.pos));
+                    }
+                    let Some((path, path_pos)) = path else {
+                        return Err(Located::new(
+                            name.pos,
+                            format!("model {} needs WITH ('path' = 'model.onnx')", name.value),
+                        ));
+                    };
+                    let dir = self.file.path().parent().unwrap_or(Path::new("."));
+                    let full = dir.join(&path);
+                    let info = self.inspector.inspect(&full).map_err(|e| {
+                        Located::new(
+                            path_pos,
+                            format!(
+                                "cannot load model {} from {}: {e}",
+                                name.value,
+                                full.display()
+                            ),
+                        )
+                    })?;
+                    self.models.insert(
+                        name.value.clone(),
+                        ModelDef {
+                            name: name.value.clone(),
+                            path: full,
+                            info,
+                        },
+                    );
+                }
+                Statement::CreateView { name, query } => {
+                    if self.name_taken(&name.value) {
+                        return Err(Located::new(
+                            name.pos,
+                            format!("{} is already defined", name.value),
+                        ));
+                    }
+                    let plan = self.plan_query(&query)?;
+                    self.provider.tables.insert(
+                        name.value.clone(),
+                        Arc::new(LogicalTableSource::new(Arc::new(
+                            plan.schema().as_arrow().clone(),
+                        ))),
+                    );
+                    self.views.insert(name.value, View { plan });
+                }
+                Statement::Insert { sink, query } => {
+                    let flow = self.plan_insert(&sink, &query)?;
+                    self.flows.push(flow);
+                }
+            }
+        }
+        if self.flows.is_empty() {
+            return Err(Located::new(
+                self.file.pos_of_index(0),
+                "the pipeline has no INSERT INTO statement, so it would produce nothing",
+            ));
+        }
+        let name = self
+            .settings
+            .get("pipeline.name")
+            .cloned()
+            .unwrap_or_else(|| {
+                self.file
+                    .path()
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "pipeline".into())
+            });
+        Ok(PipelinePlan {
+            name,
+            file: self.file.path().to_path_buf(),
+            settings: self.settings.clone(),
+            tables: self.tables.clone(),
+            models: self.models.clone(),
+            flows: std::mem::take(&mut self.flows),
+        })
+    }
+
+    fn register_tvf(&mut self, tvf: &WindowTvf) -> LResult<String> {
+        let Some(table) = self.tables.get(&tvf.table.value) else {
+            let hint = if self.views.contains_key(&tvf.table.value) {
+                " (windows read a source table directly, not a view)"
+            } else {
+                ""
+            };
+            return Err(Located::new(
+                tvf.table.pos,
+                format!("no source table named {}{hint}", tvf.table.value),
+            ));
+        };
+        let Some(wm) = table.watermark else {
+            return Err(Located::new(
+                tvf.table.pos,
+                format!(
+                    "table {} has no event time: declare WATERMARK FOR <column> AS <column> - INTERVAL ... to window it",
+                    table.name
+                ),
+            ));
+        };
+        let wm_column = &table.columns[wm.column].name;
+        if *wm_column != tvf.time_column.value {
+            return Err(Located::new(
+                tvf.time_column.pos,
+                format!(
+                    "DESCRIPTOR({}) must name {}'s event-time column, {wm_column} (the one its WATERMARK is declared on)",
+                    tvf.time_column.value, table.name
+                ),
+            ));
+        }
+        let name = format!("#{}", self.tvfs.len());
+        let mut fields: Vec<Field> = table
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        for w in [WINDOW_START, WINDOW_END, WINDOW_TIME] {
+            fields.push(Field::new(
+                w,
+                DataType::Timestamp(TimeUnit::Millisecond, None),
+                false,
+            ));
+        }
+        self.provider.tables.insert(
+            name.clone(),
+            Arc::new(LogicalTableSource::new(Arc::new(Schema::new(fields)))),
+        );
+        self.tvfs.insert(
+            name.clone(),
+            Tvf {
+                source: table.name.clone(),
+                kind: tvf.kind,
+                offset_ms: tvf.offset_ms,
+                time_column: wm_column.clone(),
+            },
+        );
+        Ok(name)
+    }
+
+    fn plan_query(&mut self, query: &QuerySpan) -> LResult<LogicalPlan> {
+        let mut replacements = Vec::new();
+        for tvf in &query.tvfs {
+            let name = self.register_tvf(tvf)?;
+            replacements.push((tvf.range.clone(), format!("\"{name}\"")));
+        }
+        let masked = self.file.masked(query.range.clone(), &replacements);
+        let dialect = GenericDialect {};
+        let parse_err = |e: ParserError| parser_error(e, query.pos);
+        let mut parser = Parser::new(&dialect)
+            .try_with_sql(&masked)
+            .map_err(parse_err)?;
+        let mut ast = parser.parse_query().map_err(parse_err)?;
+        let next = parser.peek_token();
+        if next.token != Token::EOF {
+            return Err(Located::new(
+                pos(next.span.start),
+                format!("expected the end of the query, found '{}'", next.token),
+            ));
+        }
+        self.bind_predict_calls(&mut ast)?;
+        let planner = SqlToRel::new_with_options(
+            &self.provider,
+            ParserOptions::from(&self.provider.options.sql_parser),
+        );
+        let plan = planner
+            .sql_statement_to_plan(SqlStatement::Query(ast))
+            .map_err(|e| self.df_error(e, query))?;
+        Analyzer::new()
+            .execute_and_check(plan, &self.provider.options, |_, _| {})
+            .map_err(|e| self.df_error(e, query))
+    }
+
+    /// `predict(fraud, a, b)`: the model is named by a bare identifier, which SQL
+    /// would read as a column. Check the model and its width here, where the
+    /// call's place in the file is known, and pass the name on as a string.
+    fn bind_predict_calls(&self, query: &mut ast::Query) -> LResult<()> {
+        let flow = visit_expressions_mut(query, |expr| {
+            let ast::Expr::Function(f) = expr else {
+                return ControlFlow::Continue(());
+            };
+            if !f.name.to_string().eq_ignore_ascii_case(PREDICT) {
+                return ControlFlow::Continue(());
+            }
+            let call_pos = f
+                .name
+                .0
+                .first()
+                .map(|p| pos(p.span().start))
+                .unwrap_or_default();
+            let FunctionArguments::List(list) = &mut f.args else {
+                return ControlFlow::Break(Located::new(
+                    call_pos,
+                    "predict needs arguments: predict(model, feature, ...)",
+                ));
+            };
+            let model_ident = match list.args.first() {
+                Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(ast::Expr::Identifier(ident)))) => {
+                    ident.clone()
+                }
+                _ => {
+                    return ControlFlow::Break(Located::new(
+                        call_pos,
+                        "predict's first argument is a model name: predict(model, feature, ...)",
+                    ));
+                }
+            };
+            let ident_pos = pos(model_ident.span.start);
+            let Some(model) = self.models.get(&model_ident.value) else {
+                let names: Vec<&str> = self.models.keys().map(String::as_str).collect();
+                let hint = match did_you_mean(&model_ident.value, &names) {
+                    Some(n) => format!(" (did you mean {n}?)"),
+                    None => String::new(),
+                };
+                return ControlFlow::Break(Located::new(
+                    ident_pos,
+                    format!(
+                        "unknown model {}{hint}: declare it with CREATE MODEL {} WITH ('path' = 'model.onnx')",
+                        model_ident.value, model_ident.value
+                    ),
+                ));
+            };
+            let features = list.args.len() - 1;
+            if features != model.info.inputs {
+                return ControlFlow::Break(Located::new(
+                    call_pos,
+                    format!(
+                        "model {} takes {} input features, but this predict call passes {features}",
+                        model.name, model.info.inputs
+                    ),
+                ));
+            }
+            list.args[0] = FunctionArg::Unnamed(FunctionArgExpr::Expr(ast::Expr::Value(
+                ast::Value::SingleQuotedString(model_ident.value.clone())
+                    .with_span(model_ident.span),
+            )));
+            ControlFlow::Continue(())
+        });
+        match flow {
+            ControlFlow::Break(e) => Err(e),
+            ControlFlow::Continue(()) => Ok(()),
+        }
+    }
+
+    fn df_error(&self, e: DataFusionError, query: &QuerySpan) -> Located {
+        let at = e
+            .diagnostic()
+            .and_then(|d| d.span)
+            .map(|s| Pos::new(s.start.line, s.start.column))
+            .filter(|p| p.line > 0);
+        let message = clean_df_message(&e);
+        let at = at
+            .or_else(|| self.find_named_token(&message, query))
+            .unwrap_or(query.pos);
+        Located::new(at, message)
+    }
+
+    /// For errors DataFusion does not place: point at the first token in the query
+    /// that the message names in quotes or as "named X".
+    fn find_named_token(&self, message: &str, query: &QuerySpan) -> Option<Pos> {
+        let mut names = Vec::new();
+        for part in message.split('\'').skip(1).step_by(2) {
+            names.push(part.to_string());
+        }
+        if let Some(i) = message.find("named ") {
+            let rest = &message[i + 6..];
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '.')
+                .collect();
+            names.push(name.trim_end_matches('.').to_string());
+        }
+        let text = self.file.masked(query.range.clone(), &[]);
+        let dialect = GenericDialect {};
+        let tokens = datafusion::sql::sqlparser::tokenizer::Tokenizer::new(&dialect, &text)
+            .tokenize_with_location()
+            .ok()?;
+        for name in names {
+            let last = name.rsplit('.').next().unwrap_or(&name).to_string();
+            for t in &tokens {
+                if let Token::Word(w) = &t.token
+                    && (w.value == last || w.value.eq_ignore_ascii_case(&last))
+                {
+                    return Some(pos(t.span.start));
+                }
+            }
+        }
+        None
+    }
+
+    fn plan_insert(
+        &mut self,
+        sink_name: &crate::statement::Spanned<String>,
+        query: &QuerySpan,
+    ) -> LResult<Flow> {
+        let Some(sink) = self.tables.get(&sink_name.value).cloned() else {
+            let hint = if self.views.contains_key(&sink_name.value) {
+                " (it is a view; INSERT INTO needs a CREATE TABLE ... WITH ('connector' = 'kafka', ...))"
+            } else {
+                ""
+            };
+            return Err(Located::new(
+                sink_name.pos,
+                format!("no table named {}{hint}", sink_name.value),
+            ));
+        };
+        let mut plan = self.plan_query(query)?;
+        if !sink.columns.is_empty() {
+            let out = plan.schema().clone();
+            if out.fields().len() != sink.columns.len() {
+                return Err(Located::new(
+                    query.pos,
+                    format!(
+                        "the query yields {} columns but {} declares {}",
+                        out.fields().len(),
+                        sink.name,
+                        sink.columns.len()
+                    ),
+                ));
+            }
+            let exprs: Vec<Expr> = sink
+                .columns
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    let (q, f) = out.qualified_field(i);
+                    cast(
+                        Expr::Column(DfColumn::new(q.cloned(), f.name())),
+                        c.data_type.clone(),
+                    )
+                    .alias(&c.name)
+                })
+                .collect();
+            plan = LogicalPlanBuilder::from(plan)
+                .project(exprs)
+                .and_then(|b| b.build())
+                .map_err(|e| self.df_error(e, query))?;
+        }
+        let chain = self.lower(&plan, query)?;
+        if chain.window.is_some() {
+            return Err(Located::new(
+                query.tvfs.first().map(|t| t.pos).unwrap_or(query.pos),
+                "a window TVF's rows must be aggregated: add GROUP BY ..., window_start, window_end",
+            ));
+        }
+        let output: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+        let mut key_columns = Vec::new();
+        for k in &sink.key_fields {
+            let i = output.index_of(&k.value).map_err(|_| {
+                Located::new(
+                    k.pos,
+                    format!(
+                        "'key.fields' names {}, which the query writing {} does not produce (it produces {})",
+                        k.value,
+                        sink.name,
+                        output.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ")
+                    ),
+                )
+            })?;
+            key_columns.push(i);
+        }
+        let source = &self.tables[&chain.source];
+        if source.columns.is_empty() {
+            return Err(Located::new(
+                source.pos,
+                format!("source table {} declares no columns", source.name),
+            ));
+        }
+        Ok(Flow {
+            index: self.flows.len(),
+            pos: sink_name.pos,
+            source: chain.source,
+            stages: chain.stages,
+            sink: sink.name,
+            output,
+            key_columns,
+        })
+    }
+
+    fn group_by_pos(&self, query: &QuerySpan) -> Pos {
+        let text = self.file.masked(query.range.clone(), &[]);
+        let dialect = GenericDialect {};
+        if let Ok(tokens) = datafusion::sql::sqlparser::tokenizer::Tokenizer::new(&dialect, &text)
+            .tokenize_with_location()
+        {
+            for t in tokens {
+                if let Token::Word(w) = &t.token
+                    && w.value.eq_ignore_ascii_case("GROUP")
+                {
+                    return pos(t.span.start);
+                }
+            }
+        }
+        query.pos
+    }
+
+    fn lower(&self, plan: &LogicalPlan, query: &QuerySpan) -> LResult<Chain> {
+        match plan {
+            LogicalPlan::TableScan(scan) => {
+                let name = scan.table_name.table();
+                let mut chain = if self.tables.contains_key(name) {
+                    Chain {
+                        source: name.to_string(),
+                        stages: vec![],
+                        window: None,
+                    }
+                } else if let Some(tvf) = self.tvfs.get(name) {
+                    let source = &self.tables[&tvf.source];
+                    let full = DFSchema::try_from_qualified_schema(name, &self.tvf_schema(source))
+                        .map_err(|e| self.df_error(e, query))?;
+                    Chain {
+                        source: tvf.source.clone(),
+                        stages: vec![Stage::WindowColumns {
+                            output: Arc::new(full),
+                        }],
+                        window: Some(tvf.clone()),
+                    }
+                } else if let Some(view) = self.views.get(name) {
+                    self.lower(&view.plan, query)?
+                } else {
+                    return Err(Located::new(
+                        query.pos,
+                        format!("table {name} is not a source"),
+                    ));
+                };
+                if let Some(projection) = &scan.projection {
+                    let input = self.scan_schema(name, scan, query)?;
+                    let exprs = projection
+                        .iter()
+                        .map(|i| {
+                            let (q, f) = input.qualified_field(*i);
+                            Expr::Column(DfColumn::new(q.cloned(), f.name()))
+                        })
+                        .collect();
+                    chain.stages.push(Stage::Project {
+                        input: Arc::new(input),
+                        exprs,
+                        output: scan.projected_schema.clone(),
+                    });
+                }
+                for f in &scan.filters {
+                    chain.stages.push(Stage::Filter {
+                        input: scan.projected_schema.clone(),
+                        predicate: f.clone(),
+                    });
+                }
+                Ok(chain)
+            }
+            LogicalPlan::Projection(p) => {
+                let mut chain = self.lower(&p.input, query)?;
+                chain.stages.push(Stage::Project {
+                    input: p.input.schema().clone(),
+                    exprs: p.expr.clone(),
+                    output: p.schema.clone(),
+                });
+                Ok(chain)
+            }
+            LogicalPlan::Filter(f) => {
+                let mut chain = self.lower(&f.input, query)?;
+                chain.stages.push(Stage::Filter {
+                    input: f.input.schema().clone(),
+                    predicate: f.predicate.clone(),
+                });
+                Ok(chain)
+            }
+            LogicalPlan::SubqueryAlias(a) => self.lower(&a.input, query),
+            LogicalPlan::Aggregate(a) => {
+                let mut chain = self.lower(&a.input, query)?;
+                let Some(tvf) = chain.window.take() else {
+                    return Err(Located::new(
+                        self.group_by_pos(query),
+                        "an aggregate over a stream needs a window: read FROM TABLE(TUMBLE(TABLE t, DESCRIPTOR(ts), INTERVAL '1' MINUTE)) and GROUP BY ..., window_start, window_end",
+                    ));
+                };
+                let input = a.input.schema().clone();
+                let mut group = Vec::new();
+                for e in &a.group_expr {
+                    let key = match e {
+                        Expr::Column(c) if c.name == WINDOW_START => GroupKey::WindowStart,
+                        Expr::Column(c) if c.name == WINDOW_END => GroupKey::WindowEnd,
+                        Expr::Column(c) if c.name == WINDOW_TIME => GroupKey::WindowTime,
+                        Expr::GroupingSet(_) => {
+                            return Err(Located::new(
+                                self.group_by_pos(query),
+                                "GROUPING SETS, CUBE and ROLLUP are not supported on streams",
+                            ));
+                        }
+                        e => {
+                            let uses_window = e.column_refs().iter().any(|c| {
+                                [WINDOW_START, WINDOW_END, WINDOW_TIME].contains(&c.name.as_str())
+                            });
+                            if uses_window {
+                                return Err(Located::new(
+                                    self.group_by_pos(query),
+                                    format!(
+                                        "GROUP BY {}: group by window_start and window_end themselves, not expressions over them",
+                                        e.human_display()
+                                    ),
+                                ));
+                            }
+                            GroupKey::Expr(e.clone())
+                        }
+                    };
+                    group.push(key);
+                }
+                if !group
+                    .iter()
+                    .any(|g| matches!(g, GroupKey::WindowStart | GroupKey::WindowEnd))
+                {
+                    return Err(Located::new(
+                        self.group_by_pos(query),
+                        "a windowed GROUP BY must include window_start and window_end",
+                    ));
+                }
+                let time_column = input
+                    .fields()
+                    .iter()
+                    .position(|f| f.name() == &tvf.time_column)
+                    .ok_or_else(|| {
+                        Located::new(
+                            query.pos,
+                            format!(
+                                "the event-time column {} must reach the window's GROUP BY",
+                                tvf.time_column
+                            ),
+                        )
+                    })?;
+                chain
+                    .stages
+                    .push(Stage::WindowAggregate(Box::new(WindowAggregate {
+                        input,
+                        kind: tvf.kind,
+                        offset_ms: tvf.offset_ms,
+                        time_column,
+                        group,
+                        aggregates: a.aggr_expr.clone(),
+                        output: a.schema.clone(),
+                    })));
+                Ok(chain)
+            }
+            other => Err(Located::new(
+                query.pos,
+                format!(
+                    "{} is not supported in a streaming query yet (weir runs projections, filters and windowed GROUP BY)",
+                    describe_node(other)
+                ),
+            )),
+        }
+    }
+
+    fn tvf_schema(&self, source: &KafkaTable) -> Schema {
+        let mut fields: Vec<Field> = source
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        for w in [WINDOW_START, WINDOW_END, WINDOW_TIME] {
+            fields.push(Field::new(
+                w,
+                DataType::Timestamp(TimeUnit::Millisecond, None),
+                false,
+            ));
+        }
+        Schema::new(fields)
+    }
+
+    fn scan_schema(
+        &self,
+        name: &str,
+        scan: &datafusion::logical_expr::TableScan,
+        query: &QuerySpan,
+    ) -> LResult<DFSchema> {
+        let schema = scan.source.schema();
+        DFSchema::try_from_qualified_schema(name, &schema).map_err(|e| self.df_error(e, query))
+    }
+}
+
+fn describe_node(plan: &LogicalPlan) -> String {
+    match plan {
+        LogicalPlan::Join(_) => "a JOIN".into(),
+        LogicalPlan::Window(_) => "an OVER window".into(),
+        LogicalPlan::Sort(_) => "ORDER BY".into(),
+        LogicalPlan::Limit(_) => "LIMIT".into(),
+        LogicalPlan::Union(_) => "UNION".into(),
+        LogicalPlan::Distinct(_) => "SELECT DISTINCT".into(),
+        other => format!("'{}'", other.display()),
+    }
+}
+
+fn clean_df_message(e: &DataFusionError) -> String {
+    let mut m = e.strip_backtrace();
+    for prefix in [
+        "Error during planning: ",
+        "Schema error: ",
+        "SQL error: ",
+        "Optimizer rule",
+        "type_coercion\ncaused by\n",
+    ] {
+        if let Some(rest) = m.strip_prefix(prefix) {
+            m = rest.to_string();
+        }
+    }
+    m.replace("\ncaused by\n", ": ")
+}
+
+/// sqlparser reports "... at Line: 3, Column: 5"; move that into the position.
+fn parser_error(e: ParserError, fallback: Pos) -> Located {
+    let msg = match e {
+        ParserError::TokenizerError(m) | ParserError::ParserError(m) => m,
+        ParserError::RecursionLimitExceeded => "the query nests too deeply".to_string(),
+    };
+    if let Some(i) = msg.rfind(" at Line: ") {
+        let tail = &msg[i + " at Line: ".len()..];
+        let mut parts = tail.split(", Column: ");
+        let line = parts.next().and_then(|l| l.trim().parse::<u64>().ok());
+        let column = parts.next().and_then(|c| {
+            c.trim()
+                .trim_end_matches(|ch: char| !ch.is_ascii_digit())
+                .parse::<u64>()
+                .ok()
+        });
+        if let (Some(line), Some(column)) = (line, column) {
+            let text = msg[..i]
+                .replace("Expected: ", "expected ")
+                .replace(", found: ", ", found ");
+            return Located::new(Pos::new(line, column), text);
+        }
+    }
+    Located::new(fallback, msg)
+}

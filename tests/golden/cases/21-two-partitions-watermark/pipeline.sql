@@ -1,0 +1,26 @@
+-- The watermark is the minimum over partitions: a slow partition keeps a window open for the other.
+CREATE TABLE tx (
+  card_id TEXT,
+  amount DOUBLE,
+  ts TIMESTAMP(3),
+  WATERMARK FOR ts AS ts - INTERVAL '5' SECOND
+) WITH (
+  'connector' = 'kafka',
+  'topic' = 'g21-tx',
+  'format' = 'json',
+  'properties.bootstrap.servers' = '${KAFKA_BROKERS}',
+  'scan.startup.mode' = 'earliest-offset',
+  'scan.bounded.mode' = 'latest-offset'
+);
+
+CREATE TABLE out WITH (
+  'connector' = 'kafka',
+  'topic' = 'g21-out',
+  'format' = 'json',
+  'properties.bootstrap.servers' = '${KAFKA_BROKERS}'
+);
+
+INSERT INTO out
+SELECT card_id, window_start, window_end, count(*) AS n, sum(amount) AS total
+FROM TABLE(TUMBLE(TABLE tx, DESCRIPTOR(ts), INTERVAL '1' MINUTE))
+GROUP BY card_id, window_start, window_end;

@@ -1,0 +1,26 @@
+-- Plan-time error: predict with a model that was never created.
+CREATE TABLE tx (
+  card_id TEXT,
+  amount DOUBLE,
+  qty BIGINT,
+  ts TIMESTAMP(3),
+  WATERMARK FOR ts AS ts - INTERVAL '5' SECOND
+) WITH (
+  'connector' = 'kafka',
+  'topic' = 'g37-tx',
+  'format' = 'json',
+  'properties.bootstrap.servers' = '${KAFKA_BROKERS}',
+  'scan.startup.mode' = 'earliest-offset',
+  'scan.bounded.mode' = 'latest-offset'
+);
+
+CREATE TABLE out WITH (
+  'connector' = 'kafka',
+  'topic' = 'g37-out',
+  'format' = 'json',
+  'properties.bootstrap.servers' = '${KAFKA_BROKERS}'
+);
+
+INSERT INTO out
+SELECT card_id, predict(fraud_model, amount, qty, 1.0) AS p
+FROM tx;

@@ -1,0 +1,98 @@
+//! weir's scores (tract, one run per batch) against onnxruntime's on the same
+//! inputs, for every committed model. The fixtures were written by the
+//! training scripts with onnxruntime (examples/fraud/train.py,
+//! tests/models/make_models.py).
+
+use serde_json::Value;
+use weir_operators::Model;
+use weir_sql::ModelKind;
+use weir_tests::workspace_root;
+
+fn check(model_path: &str, fixture: &str, output: &str) {
+    let root = workspace_root();
+    let model = Model::load("m", &root.join(model_path)).expect("model loads in tract");
+    let rows: Vec<Value> = std::fs::read_to_string(root.join(fixture))
+        .expect("fixture exists")
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).expect("fixture line is JSON"))
+        .collect();
+    assert!(rows.len() >= 10, "fixture {fixture} is too small");
+    let width = model.info().inputs;
+    let mut features = Vec::with_capacity(rows.len() * width);
+    let mut expected = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let f = r["features"].as_array().expect("features array");
+        assert_eq!(f.len(), width, "fixture width matches the model");
+        features.extend(f.iter().map(|v| v.as_f64().expect("number") as f32));
+        expected.push(r[output].as_f64().expect("expected score"));
+    }
+    // One batch of every row: the path predict takes in a pipeline.
+    let scores = model.score(features, rows.len()).expect("scores");
+    let mut worst: f64 = 0.0;
+    for (i, (s, e)) in scores.iter().zip(&expected).enumerate() {
+        let diff = (s - e).abs();
+        worst = worst.max(diff);
+        assert!(
+            diff <= 1e-5,
+            "{model_path} row {i}: weir {s} vs onnxruntime {e}"
+        );
+    }
+    eprintln!(
+        "{model_path}: {} rows, max |weir - onnxruntime| = {worst:e}",
+        rows.len()
+    );
+}
+
+#[test]
+fn fraud_model_matches_onnxruntime() {
+    check(
+        "examples/fraud/fraud.onnx",
+        "examples/fraud/fixtures/scores.jsonl",
+        "p",
+    );
+}
+
+#[test]
+fn classifier_matches_onnxruntime() {
+    check(
+        "tests/models/classifier3.onnx",
+        "tests/models/classifier3.scores.jsonl",
+        "p",
+    );
+}
+
+#[test]
+fn regressor_matches_onnxruntime() {
+    check(
+        "tests/models/regressor2.onnx",
+        "tests/models/regressor2.scores.jsonl",
+        "y",
+    );
+}
+
+#[test]
+fn forest_matches_onnxruntime() {
+    check(
+        "tests/models/forest4.onnx",
+        "tests/models/forest4.scores.jsonl",
+        "p",
+    );
+}
+
+#[test]
+fn model_kinds_are_detected() {
+    let root = workspace_root();
+    let clf = Model::load("c", &root.join("tests/models/classifier3.onnx")).unwrap();
+    assert_eq!(clf.info().kind, ModelKind::Classifier);
+    assert_eq!(clf.info().inputs, 3);
+    let reg = Model::load("r", &root.join("tests/models/regressor2.onnx")).unwrap();
+    assert_eq!(reg.info().kind, ModelKind::Regressor);
+    assert_eq!(reg.info().inputs, 2);
+}
+
+#[test]
+fn a_missing_model_is_an_error() {
+    let err = Model::load("x", &workspace_root().join("tests/models/nope.onnx")).unwrap_err();
+    assert!(format!("{err:#}").contains("no such file"), "{err:#}");
+}
