@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::common::DFSchemaRef;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::execution::context::ExecutionProps;
@@ -86,6 +87,25 @@ fn physical(
     .with_context(|| format!("planning {}", expr.human_display()))
 }
 
+/// `agg(DISTINCT x)` runs as `agg(x)` behind a per-pane filter that passes
+/// each (group, value) once (see the window operator). DataFusion's own
+/// DISTINCT accumulators are per-group objects with kilobytes of buffers each,
+/// which does not scale to millions of (key, window) groups.
+fn without_distinct(e: Expr) -> (Expr, bool) {
+    match e {
+        Expr::Alias(mut a) => {
+            let (inner, distinct) = without_distinct(*a.expr);
+            a.expr = Box::new(inner);
+            (Expr::Alias(a), distinct)
+        }
+        Expr::AggregateFunction(mut f) if f.params.distinct => {
+            f.params.distinct = false;
+            (Expr::AggregateFunction(f), true)
+        }
+        e => (e, false),
+    }
+}
+
 pub fn build_chain(flow: &Flow, models: &HashMap<String, Arc<Model>>) -> anyhow::Result<Chain> {
     let mut ops: Vec<Box<dyn Operator>> = Vec::new();
     for stage in &flow.stages {
@@ -125,7 +145,7 @@ pub fn build_chain(flow: &Flow, models: &HashMap<String, Arc<Model>>) -> anyhow:
                 }
                 let mut aggregates = Vec::new();
                 for (i, e) in w.aggregates.iter().enumerate() {
-                    let e = prepare(e, &w.input, models)?;
+                    let (e, distinct) = without_distinct(prepare(e, &w.input, models)?);
                     let lowered = LoweredAggregateBuilder::new(
                         &e,
                         &w.input,
@@ -135,9 +155,21 @@ pub fn build_chain(flow: &Flow, models: &HashMap<String, Arc<Model>>) -> anyhow:
                     )
                     .build()
                     .with_context(|| format!("planning aggregate {}", e.human_display()))?;
+                    let distinct = if distinct {
+                        let fields = lowered
+                            .aggregate
+                            .expressions()
+                            .iter()
+                            .map(|a| a.data_type(w.input.as_arrow()).map(SortField::new))
+                            .collect::<datafusion::common::Result<Vec<_>>>()?;
+                        Some(RowConverter::new(fields)?)
+                    } else {
+                        None
+                    };
                     aggregates.push(AggregateSpec {
                         expr: lowered.aggregate,
                         filter: lowered.filter,
+                        distinct,
                     });
                     columns.push(OutputColumn::Aggregate(i));
                 }

@@ -26,7 +26,7 @@ use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 use datafusion::physical_expr::{GroupsAccumulatorAdapter, PhysicalExpr};
-use hashbrown::HashMap;
+use hashbrown::{HashMap, HashSet};
 
 pub use assign::Assigner;
 
@@ -45,6 +45,9 @@ pub enum OutputColumn {
 pub struct AggregateSpec {
     pub expr: Arc<AggregateFunctionExpr>,
     pub filter: Option<Arc<dyn PhysicalExpr>>,
+    /// For `agg(DISTINCT ...)`: `expr` is the plain aggregate, and this encodes
+    /// its arguments so each (group, value) reaches it once.
+    pub distinct: Option<RowConverter>,
 }
 
 struct Pane {
@@ -52,6 +55,8 @@ struct Pane {
     groups: HashMap<Box<[u8]>, u32>,
     keys: Vec<Box<[u8]>>,
     accumulators: Vec<Box<dyn GroupsAccumulator>>,
+    /// Per aggregate: the (group, value) pairs seen, for DISTINCT aggregates.
+    seen: Vec<Option<HashSet<Box<[u8]>>>>,
 }
 
 pub struct WindowAggregateOp {
@@ -112,6 +117,11 @@ impl WindowAggregateOp {
             groups: HashMap::new(),
             keys: Vec::new(),
             accumulators,
+            seen: self
+                .aggregates
+                .iter()
+                .map(|a| a.distinct.as_ref().map(|_| HashSet::new()))
+                .collect(),
         })
     }
 
@@ -150,6 +160,40 @@ impl WindowAggregateOp {
             .collect();
         Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
     }
+}
+
+/// The rows whose (group, argument values) the pane has not seen yet, among
+/// those `filter` passes; marks them seen. Rows with a null argument are passed
+/// through: aggregates ignore nulls themselves.
+fn first_sightings(
+    converter: &RowConverter,
+    seen: &mut HashSet<Box<[u8]>>,
+    values: &[ArrayRef],
+    group_indices: &[usize],
+    filter: Option<&BooleanArray>,
+) -> anyhow::Result<BooleanArray> {
+    let rows = converter.convert_columns(values)?;
+    let mut key = Vec::new();
+    let mask = (0..group_indices.len())
+        .map(|r| {
+            if filter.is_some_and(|f| !f.is_valid(r) || !f.value(r)) {
+                return false;
+            }
+            if values.iter().any(|v| v.is_null(r)) {
+                return true;
+            }
+            key.clear();
+            key.extend_from_slice(&(group_indices[r] as u32).to_le_bytes());
+            key.extend_from_slice(rows.row(r).as_ref());
+            if seen.contains(key.as_slice()) {
+                false
+            } else {
+                seen.insert(key.as_slice().into());
+                true
+            }
+        })
+        .collect::<Vec<bool>>();
+    Ok(BooleanArray::from(mask))
 }
 
 impl Operator for WindowAggregateOp {
@@ -270,11 +314,22 @@ impl Operator for WindowAggregateOp {
                         .map(|a| take(a.as_ref(), idx, None))
                         .collect::<Result<_, _>>()?,
                 };
-                let filter = match (&filters[i], &idx) {
+                let mut filter = match (&filters[i], &idx) {
                     (None, _) => None,
                     (Some(f), None) => Some(f.clone()),
                     (Some(f), Some(idx)) => Some(take(f, idx, None)?.as_boolean().clone()),
                 };
+                if let (Some(converter), Some(seen)) =
+                    (&self.aggregates[i].distinct, &mut pane.seen[i])
+                {
+                    filter = Some(first_sightings(
+                        converter,
+                        seen,
+                        &values,
+                        &group_indices,
+                        filter.as_ref(),
+                    )?);
+                }
                 acc.update_batch(&values, &group_indices, filter.as_ref(), total)?;
             }
         }
