@@ -227,19 +227,31 @@ pub fn run_pipeline(mut loaded: LoadedPipeline, options: RunOptions) -> anyhow::
                 batch_size,
                 linger,
                 checkpoint_interval,
-                idle_timeout: source
-                    .idle_timeout_ms
-                    .or(default_idle)
-                    .map(Duration::from_millis),
+                // Bounded runs give the same results however fast they run: no
+                // partition is ever idle, each holds the watermark until all end.
+                idle_timeout: if source.bounded {
+                    None
+                } else {
+                    source
+                        .idle_timeout_ms
+                        .or(default_idle)
+                        .map(Duration::from_millis)
+                },
             },
             counters: task_counters,
         };
         let name = format!("weir-source-{}", source.name);
         handles.push((
             source.name.clone(),
-            std::thread::Builder::new()
-                .name(name)
-                .spawn(move || task.run())?,
+            std::thread::Builder::new().name(name).spawn(move || {
+                let stop = task.stop.clone();
+                let result = task.run();
+                if result.is_err() {
+                    // One failed source stops the whole run, so it can report.
+                    stop.store(true, Ordering::Relaxed);
+                }
+                result
+            })?,
         ));
     }
 

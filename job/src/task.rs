@@ -23,12 +23,14 @@ use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::{debug, info, warn};
+use weir_operators::decode::Decoded;
 use weir_operators::watermark::{END_OF_TIME, START_OF_TIME};
+use weir_operators::window::Assigner;
 use weir_operators::{
     Batch, Chain, Context, JsonDecoder, JsonEncoder, RecordMeta, WatermarkTracker,
 };
-use weir_sql::{Flow, KafkaTable, StartupMode};
-use weir_state::InputPosition;
+use weir_sql::{Flow, KafkaTable, Stage, StartupMode};
+use weir_state::{HeldOffsets, InputPosition};
 
 use crate::kafka::consumer_config;
 
@@ -177,13 +179,35 @@ impl SourceTask {
             bail!("source topic '{}' does not exist", table.topic);
         }
         let n_partitions = partitions.iter().copied().max().unwrap_or(0) as usize + 1;
+        // Committed offsets are looked up explicitly rather than through
+        // librdkafka's "stored" offset, which does not resume at the committed
+        // offset on every broker (tansu).
+        let committed: std::collections::HashMap<i32, i64> =
+            if table.startup_mode == StartupMode::GroupOffsets {
+                let mut query = TopicPartitionList::new();
+                for p in &partitions {
+                    query.add_partition(&table.topic, *p);
+                }
+                consumer
+                    .committed_offsets(query, Duration::from_secs(10))
+                    .context("reading the group's committed offsets")?
+                    .elements()
+                    .iter()
+                    .filter_map(|e| match e.offset() {
+                        Offset::Offset(o) if o >= 0 => Some((e.partition(), o)),
+                        _ => None,
+                    })
+                    .collect()
+            } else {
+                std::collections::HashMap::new()
+            };
         let mut tpl = TopicPartitionList::new();
-        let start = match table.startup_mode {
-            StartupMode::Earliest => Offset::Beginning,
-            StartupMode::Latest => Offset::End,
-            StartupMode::GroupOffsets => Offset::Stored,
-        };
         for p in &partitions {
+            let start = match (table.startup_mode, committed.get(p)) {
+                (StartupMode::Earliest, _) | (StartupMode::GroupOffsets, None) => Offset::Beginning,
+                (StartupMode::Latest, _) => Offset::End,
+                (StartupMode::GroupOffsets, Some(o)) => Offset::Offset(*o),
+            };
             tpl.add_partition_offset(&table.topic, *p, start)?;
         }
         consumer
@@ -212,11 +236,22 @@ impl SourceTask {
         // Partitions that do not exist never hold the watermark back.
         for p in 0..n_partitions as i32 {
             if !partitions.contains(&p) {
-                tracker.finish(p as usize, now);
+                tracker.exclude(p as usize, now);
             }
         }
         let mut finished = vec![false; n_partitions];
         let mut position = InputPosition::default();
+        // Windows whose rows must stay uncommitted until they fire.
+        let windows: Vec<Assigner> = self
+            .flows
+            .iter()
+            .flat_map(|f| f.flow.stages.iter())
+            .filter_map(|s| match s {
+                Stage::WindowAggregate(w) => Some(Assigner::new(w.kind, w.offset_ms)),
+                _ => None,
+            })
+            .collect();
+        let mut held = HeldOffsets::default();
         let mut fired_through = START_OF_TIME;
         let mut last_checkpoint = Instant::now();
         let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
@@ -281,7 +316,17 @@ impl SourceTask {
                 }
             }
             if !spans.is_empty() {
-                self.process_records(&decoder, &buf, &spans, &metas, &mut tracker)?;
+                let decoded = self.process_records(&decoder, &buf, &spans, &metas, &mut tracker)?;
+                if let (false, Some(w)) = (windows.is_empty(), table.watermark) {
+                    hold_windowed_rows(
+                        &decoded,
+                        w.column,
+                        &metas,
+                        &windows,
+                        fired_through,
+                        &mut held,
+                    );
+                }
                 for m in &metas {
                     position.processed(m.partition, m.offset);
                 }
@@ -293,6 +338,7 @@ impl SourceTask {
             if wm > fired_through {
                 fired_through = wm;
                 self.advance_watermark(wm)?;
+                held.release_through(wm);
             }
             if table.bounded
                 && finished
@@ -302,26 +348,30 @@ impl SourceTask {
             {
                 if fired_through < END_OF_TIME {
                     self.advance_watermark(END_OF_TIME)?;
+                    held.release_through(END_OF_TIME);
                 }
                 info!("source {}: reached the end of bounded input", table.name);
                 break;
             }
             if last_checkpoint.elapsed() >= self.settings.checkpoint_interval {
-                self.commit(&consumer, &position)?;
+                self.commit(&consumer, &held.committable(&position))?;
                 last_checkpoint = Instant::now();
             }
         }
-        self.commit(&consumer, &position)?;
+        self.commit(&consumer, &held.committable(&position))?;
         Ok(())
     }
 
-    fn commit(&self, consumer: &BaseConsumer, position: &InputPosition) -> anyhow::Result<()> {
+    /// Flushes the sink, then commits `offsets` (next offset to read, per
+    /// partition). Rows still in open windows are excluded: see HeldOffsets.
+    fn commit(&self, consumer: &BaseConsumer, offsets: &[(i32, i64)]) -> anyhow::Result<()> {
         self.sink.flush()?;
-        if position.is_empty() {
+        if offsets.is_empty() {
             return Ok(());
         }
+        debug!("source {}: committing offsets {offsets:?}", self.table.name);
         let mut tpl = TopicPartitionList::new();
-        for (p, next) in position.next_offsets() {
+        for &(p, next) in offsets {
             tpl.add_partition_offset(&self.table.topic, p, Offset::Offset(next))?;
         }
         if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
@@ -337,7 +387,7 @@ impl SourceTask {
         spans: &[(usize, usize)],
         metas: &[RecordMeta],
         tracker: &mut WatermarkTracker,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Decoded> {
         self.counters
             .records_in
             .fetch_add(spans.len() as u64, Ordering::Relaxed);
@@ -348,7 +398,7 @@ impl SourceTask {
             self.dead_letter(&buf[s..e], m.key.as_deref(), &bad.reason, Some(m))?;
         }
         if decoded.batch.num_rows() == 0 {
-            return Ok(());
+            return Ok(decoded);
         }
         let now = Instant::now();
         let arrival: Int64Array = match self.table.watermark {
@@ -377,7 +427,7 @@ impl SourceTask {
             let out = self.flows[i].chain.process(batch, &mut ctx)?;
             self.emit(i, out, ctx)?;
         }
-        Ok(())
+        Ok(decoded)
     }
 
     fn advance_watermark(&mut self, wm: i64) -> anyhow::Result<()> {
@@ -482,6 +532,34 @@ impl SourceTask {
                 });
         }
         self.sink.send(topic, key, value, Some(headers))
+    }
+}
+
+/// Holds each decoded row's offset until the watermark passes the last window
+/// it can be in, so a restart replays what open windows held.
+fn hold_windowed_rows(
+    decoded: &Decoded,
+    time_column: usize,
+    metas: &[RecordMeta],
+    windows: &[Assigner],
+    fired_through: i64,
+    held: &mut HeldOffsets,
+) {
+    let times = decoded
+        .batch
+        .column(time_column)
+        .as_primitive::<TimestampMillisecondType>();
+    for (r, &input) in decoded.rows.iter().enumerate() {
+        let ts = times.value(r);
+        let until = windows
+            .iter()
+            .map(|w| w.last_start(ts).saturating_add(w.size() - 1))
+            .max()
+            .unwrap_or(i64::MIN);
+        if until > fired_through {
+            let m = &metas[input];
+            held.hold(m.partition, m.offset, until);
+        }
     }
 }
 

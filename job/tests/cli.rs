@@ -50,7 +50,7 @@ fn fraud_example_prints_predictions_on_the_embedded_broker() {
     }
     let pid = child.id() as i32;
     // SIGINT, as Ctrl-C sends.
-    unsafe_kill(pid);
+    interrupt(pid);
     let status = wait_with_deadline(&mut child, Duration::from_secs(60));
     let line = prediction.expect("a prediction within 120 s");
     let json = line.split_once("] ").expect("topic [key] value").1;
@@ -68,7 +68,7 @@ fn fraud_example_prints_predictions_on_the_embedded_broker() {
     );
 }
 
-fn unsafe_kill(pid: i32) {
+fn interrupt(pid: i32) {
     let status = Command::new("kill")
         .args(["-INT", &pid.to_string()])
         .status()

@@ -50,6 +50,8 @@ pub struct JsonDecoder {
     value_schema: SchemaRef,
     layout: Vec<ColumnSource>,
     time_column: Option<usize>,
+    /// Columns a record must have: the event time and NOT NULL columns.
+    required: Vec<usize>,
 }
 
 impl JsonDecoder {
@@ -68,11 +70,16 @@ impl JsonDecoder {
                 }
             }
         }
+        let time_column = table.watermark.map(|w| w.column);
+        let required = (0..table.columns.len())
+            .filter(|&c| Some(c) == time_column || !table.columns[c].nullable)
+            .collect();
         Self {
             schema,
             value_schema: Arc::new(Schema::new(value_fields)),
             layout,
-            time_column: table.watermark.map(|w| w.column),
+            time_column,
+            required,
         }
     }
 
@@ -89,7 +96,7 @@ impl JsonDecoder {
     ) -> anyhow::Result<Decoded> {
         let n = spans.len();
         let mut bad = Vec::new();
-        let (values, mut rows) = match self.decode_values(buf, n) {
+        let (values, mut rows) = match self.decode_records(buf, spans) {
             Ok(values) => (values, (0..n).collect::<Vec<_>>()),
             Err(_) => {
                 // Find the bad records one by one, then decode the good ones together.
@@ -122,38 +129,63 @@ impl JsonDecoder {
                 ColumnSource::Meta(kind) => meta_column(*kind, &rows, meta),
             });
         }
-        let mut batch = RecordBatch::try_new(self.schema.clone(), columns)
-            .context("building the decoded batch")?;
-        // Event time is required: a record without it cannot be placed in time.
-        if let Some(t) = self.time_column {
-            let times = batch.column(t);
-            if times.null_count() > 0 {
-                let name = self.schema.field(t).name().clone();
-                let mut keep = Vec::with_capacity(rows.len());
-                let mut kept_rows = Vec::with_capacity(rows.len());
-                for (r, &input) in rows.iter().enumerate() {
-                    if times.is_null(r) {
-                        bad.push(BadRecord {
-                            index: input,
-                            reason: format!("event-time column {name} is null or missing"),
-                        });
-                    } else {
+        // Event time and NOT NULL columns are required: a record without them
+        // is bad, not a reason to fail the batch.
+        if self.required.iter().any(|&c| columns[c].null_count() > 0) {
+            let mut keep = Vec::with_capacity(rows.len());
+            let mut kept_rows = Vec::with_capacity(rows.len());
+            for (r, &input) in rows.iter().enumerate() {
+                match self.required.iter().find(|&&c| columns[c].is_null(r)) {
+                    Some(&c) => bad.push(BadRecord {
+                        index: input,
+                        reason: if Some(c) == self.time_column {
+                            format!(
+                                "event-time column {} is null or missing",
+                                self.schema.field(c).name()
+                            )
+                        } else {
+                            format!(
+                                "NOT NULL column {} is null or missing",
+                                self.schema.field(c).name()
+                            )
+                        },
+                    }),
+                    None => {
                         keep.push(r as u32);
                         kept_rows.push(input);
                     }
                 }
-                let idx = UInt32Array::from(keep);
-                let columns = batch
-                    .columns()
-                    .iter()
-                    .map(|c| take(c.as_ref(), &idx, None))
-                    .collect::<Result<Vec<_>, _>>()?;
-                batch = RecordBatch::try_new(self.schema.clone(), columns)?;
-                rows = kept_rows;
             }
+            let idx = UInt32Array::from(keep);
+            columns = columns
+                .iter()
+                .map(|c| take(c.as_ref(), &idx, None))
+                .collect::<Result<Vec<_>, _>>()?;
+            rows = kept_rows;
         }
+        let batch = RecordBatch::try_new(self.schema.clone(), columns)
+            .context("building the decoded batch")?;
         bad.sort_by_key(|b| b.index);
         Ok(Decoded { batch, rows, bad })
+    }
+
+    /// Decodes every span with one decoder, checking that each holds exactly one
+    /// JSON value, or fails.
+    fn decode_records(&self, buf: &[u8], spans: &[(usize, usize)]) -> anyhow::Result<RecordBatch> {
+        let mut decoder = ReaderBuilder::new(self.value_schema.clone())
+            .with_batch_size(spans.len().max(1))
+            .with_coerce_primitive(true)
+            .build_decoder()?;
+        for (i, &(start, end)) in spans.iter().enumerate() {
+            let record = &buf[start..end];
+            let read = decoder.decode(record)?;
+            if read != record.len() || decoder.len() != i + 1 || decoder.has_partial_record() {
+                anyhow::bail!("record {i} is not exactly one JSON object");
+            }
+        }
+        Ok(decoder
+            .flush()?
+            .unwrap_or_else(|| RecordBatch::new_empty(self.value_schema.clone())))
     }
 
     /// Decodes exactly `expected` JSON values from `buf`, or fails.

@@ -17,8 +17,8 @@ pub struct EncodedBatch {
     pub values: Vec<u8>,
     pub value_spans: Vec<(usize, usize)>,
     pub keys: Vec<u8>,
-    /// Empty when the sink has no key.
-    pub key_spans: Vec<(usize, usize)>,
+    /// Empty when the sink has no key; None for a null key.
+    pub key_spans: Vec<Option<(usize, usize)>>,
 }
 
 impl EncodedBatch {
@@ -33,7 +33,11 @@ impl EncodedBatch {
         &self.values[s..e]
     }
     pub fn key(&self, i: usize) -> Option<&[u8]> {
-        self.key_spans.get(i).map(|(s, e)| &self.keys[*s..*e])
+        self.key_spans
+            .get(i)
+            .copied()
+            .flatten()
+            .map(|(s, e)| &self.keys[s..e])
     }
 }
 
@@ -89,16 +93,20 @@ impl JsonEncoder {
                 let column = cast(batch.column(*k), &DataType::Utf8)?;
                 let strings = column.as_string::<i32>();
                 for i in 0..strings.len() {
-                    let start = out.keys.len();
                     if strings.is_valid(i) {
+                        let start = out.keys.len();
                         out.keys.extend_from_slice(strings.value(i).as_bytes());
+                        out.key_spans.push(Some((start, out.keys.len())));
+                    } else {
+                        out.key_spans.push(None);
                     }
-                    out.key_spans.push((start, out.keys.len()));
                 }
             }
             keys => {
                 let projected = batch.project(keys)?;
-                write_lines(&projected, &mut out.keys, &mut out.key_spans)?;
+                let mut spans = Vec::with_capacity(batch.num_rows());
+                write_lines(&projected, &mut out.keys, &mut spans)?;
+                out.key_spans.extend(spans.into_iter().map(Some));
             }
         }
         Ok(out)

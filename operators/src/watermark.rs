@@ -2,9 +2,8 @@
 //!
 //! The watermark of a task is the minimum over its partitions of
 //! (max event time seen - declared delay). A partition that has not produced a
-//! record for the idle timeout stops holding it back, as does a partition that
-//! has reached the end of bounded input. A partition that has never produced a
-//! record holds it at the start of time until it goes idle.
+//! record for the idle timeout stops holding it back. A partition that has never
+//! produced a record holds it at the start of time until it goes idle.
 
 use std::time::{Duration, Instant};
 
@@ -12,7 +11,7 @@ use std::time::{Duration, Instant};
 struct PartitionState {
     max_event_time: i64,
     last_record: Instant,
-    finished: bool,
+    excluded: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -40,7 +39,7 @@ impl WatermarkTracker {
                 PartitionState {
                     max_event_time: START_OF_TIME,
                     last_record: now,
-                    finished: false,
+                    excluded: false,
                 };
                 partitions
             ],
@@ -64,15 +63,14 @@ impl WatermarkTracker {
         self.current
     }
 
-    /// A bounded partition reached its end.
-    pub fn finish(&mut self, partition: usize, now: Instant) -> i64 {
-        self.partitions[partition].finished = true;
+    /// Stops `partition` from holding the watermark back (for partition ids
+    /// the topic does not have). Bounded partitions that reach their end are
+    /// not excluded: they hold the watermark at their last value until the
+    /// whole input has ended, so results do not depend on read order.
+    pub fn exclude(&mut self, partition: usize, now: Instant) -> i64 {
+        self.partitions[partition].excluded = true;
         self.recompute(now);
         self.current
-    }
-
-    pub fn all_finished(&self) -> bool {
-        self.partitions.iter().all(|p| p.finished)
     }
 
     /// Re-evaluates idleness; call periodically.
@@ -85,7 +83,7 @@ impl WatermarkTracker {
         let mut min = END_OF_TIME;
         let mut any_active = false;
         for p in &self.partitions {
-            if p.finished {
+            if p.excluded {
                 continue;
             }
             let idle = self
@@ -104,7 +102,7 @@ impl WatermarkTracker {
         }
         let candidate = if any_active {
             min
-        } else if self.partitions.iter().all(|p| p.finished) {
+        } else if self.partitions.iter().all(|p| p.excluded) {
             END_OF_TIME
         } else {
             // Every partition is idle: advance to the most any of them has seen.
@@ -135,9 +133,8 @@ mod tests {
         assert_eq!(w.observe(1, 50, now), 45);
         assert_eq!(w.observe(1, 200, now), 95);
         assert_eq!(w.observe(0, 90, now), 95, "never goes back");
-        assert_eq!(w.finish(0, now), 195);
-        assert_eq!(w.finish(1, now), END_OF_TIME);
-        assert!(w.all_finished());
+        assert_eq!(w.exclude(0, now), 195);
+        assert_eq!(w.exclude(1, now), END_OF_TIME);
     }
 
     #[test]

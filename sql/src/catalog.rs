@@ -273,9 +273,7 @@ pub fn build_columns(specs: &[ColumnSpec]) -> LResult<Vec<Column>> {
                         ));
                     }
                 };
-                if data_type != expected
-                    && !(kind == MetadataKind::Offset && data_type == DataType::Int32)
-                {
+                if data_type != expected {
                     return Err(Located::new(
                         spec.type_name.pos,
                         format!(

@@ -754,6 +754,7 @@ impl<'a> Planner<'a> {
                         "an aggregate over a stream needs a window: read FROM TABLE(TUMBLE(TABLE t, DESCRIPTOR(ts), INTERVAL '1' MINUTE)) and GROUP BY ..., window_start, window_end",
                     ));
                 };
+                self.check_window_columns(&chain, a, query)?;
                 let input = a.input.schema().clone();
                 let mut group = Vec::new();
                 for e in &a.group_expr {
@@ -828,6 +829,59 @@ impl<'a> Planner<'a> {
                 ),
             )),
         }
+    }
+
+    /// Before the aggregate assigns rows to windows, window_start/end/time have
+    /// no value: they may only pass through to the GROUP BY, unchanged.
+    fn check_window_columns(
+        &self,
+        chain: &Chain,
+        aggregate: &datafusion::logical_expr::Aggregate,
+        query: &QuerySpan,
+    ) -> LResult<()> {
+        let is_window = |name: &str| [WINDOW_START, WINDOW_END, WINDOW_TIME].contains(&name);
+        let uses_window = |e: &Expr| e.column_refs().iter().any(|c| is_window(&c.name));
+        let misuse = |what: String| {
+            Err(Located::new(
+                query.tvfs.first().map(|t| t.pos).unwrap_or(query.pos),
+                format!(
+                    "{what} uses a window column before the GROUP BY assigns windows: window_start, window_end and window_time can be grouped by and used after the aggregation"
+                ),
+            ))
+        };
+        for stage in &chain.stages {
+            match stage {
+                Stage::Filter { predicate, .. } if uses_window(predicate) => {
+                    return misuse(format!("WHERE {}", predicate.human_display()));
+                }
+                Stage::Project { exprs, output, .. } => {
+                    for (i, e) in exprs.iter().enumerate() {
+                        let pass_through = matches!(e.clone().unalias(), Expr::Column(c) if c.name == *output.field(i).name());
+                        if uses_window(e) && !pass_through {
+                            return misuse(format!("{}", e.human_display()));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        for e in &aggregate.aggr_expr {
+            if uses_window(e) {
+                return misuse(format!("the aggregate {}", e.human_display()));
+            }
+            if let Expr::AggregateFunction(f) = e.clone().unalias()
+                && !f.params.order_by.is_empty()
+            {
+                return Err(Located::new(
+                    self.group_by_pos(query),
+                    format!(
+                        "{}: ORDER BY inside an aggregate is not supported in windows yet",
+                        e.human_display()
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn tvf_schema(&self, source: &KafkaTable) -> Schema {

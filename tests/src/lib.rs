@@ -116,6 +116,28 @@ impl Tansu {
     }
 }
 
+impl Tansu {
+    /// Freezes the broker process (SIGSTOP): clients see a broker that stopped
+    /// answering, while its in-memory data survives for [`Tansu::resume`].
+    pub fn pause(&self) -> anyhow::Result<()> {
+        signal(self.child.id(), "-STOP")
+    }
+
+    pub fn resume(&self) -> anyhow::Result<()> {
+        signal(self.child.id(), "-CONT")
+    }
+}
+
+fn signal(pid: u32, sig: &str) -> anyhow::Result<()> {
+    let status = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()?;
+    if !status.success() {
+        bail!("kill {sig} {pid} failed");
+    }
+    Ok(())
+}
+
 impl Drop for Tansu {
     fn drop(&mut self) {
         let _ = self.child.kill();
