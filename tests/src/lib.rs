@@ -282,3 +282,25 @@ pub fn workspace_root() -> PathBuf {
         .expect("tests/ sits in the workspace")
         .to_path_buf()
 }
+
+/// Every record value of `topic`, parsed as JSON (empty while the topic cannot be read).
+pub fn read_json(brokers: &str, topic: &str) -> Vec<serde_json::Value> {
+    read_all(brokers, topic, Duration::from_secs(20))
+        .unwrap_or_default()
+        .iter()
+        .map(|r| serde_json::from_slice(&r.value).expect("a JSON record"))
+        .collect()
+}
+
+/// Polls `check` until it reports done or `timeout` passes; returns the last
+/// value it saw either way, for the caller to assert on.
+pub fn wait_for<T>(timeout: Duration, mut check: impl FnMut() -> (bool, T)) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (done, value) = check();
+        if done || Instant::now() > deadline {
+            return value;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

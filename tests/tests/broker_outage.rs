@@ -3,10 +3,10 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use weir::{RunOptions, load_pipeline, run_pipeline};
-use weir_tests::{Record, Tansu, create_topic, produce, read_all};
+use weir_tests::{Record, Tansu, create_topic, produce, read_json, wait_for};
 
 fn batch(from: usize, to: usize) -> Vec<Record> {
     (from..to)
@@ -15,14 +15,9 @@ fn batch(from: usize, to: usize) -> Vec<Record> {
 }
 
 fn output_ids(brokers: &str) -> Vec<i64> {
-    let mut ids: Vec<i64> = read_all(brokers, "bo-out", Duration::from_secs(20))
-        .unwrap_or_default()
+    let mut ids: Vec<i64> = read_json(brokers, "bo-out")
         .iter()
-        .map(|r| {
-            serde_json::from_slice::<serde_json::Value>(&r.value).unwrap()["id"]
-                .as_i64()
-                .unwrap()
-        })
+        .map(|v| v["id"].as_i64().unwrap())
         .collect();
     ids.sort();
     ids.dedup();
@@ -30,14 +25,10 @@ fn output_ids(brokers: &str) -> Vec<i64> {
 }
 
 fn wait_for_ids(brokers: &str, n: usize, timeout: Duration) -> Vec<i64> {
-    let deadline = Instant::now() + timeout;
-    loop {
+    wait_for(timeout, || {
         let ids = output_ids(brokers);
-        if ids.len() >= n || Instant::now() > deadline {
-            return ids;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        (ids.len() >= n, ids)
+    })
 }
 
 #[test]

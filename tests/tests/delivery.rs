@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use weir::{RunOptions, load_pipeline, run_pipeline};
-use weir_tests::{Record, Tansu, create_topic, produce, read_all};
+use weir_tests::{Record, Tansu, create_topic, produce, read_all, read_json, wait_for};
 
 fn events(from: usize, to: usize) -> Vec<Record> {
     (from..to)
@@ -61,14 +61,9 @@ INSERT INTO out SELECT id, id * 2 AS twice FROM tx;
         "the second run reads only the new records"
     );
 
-    let out = read_all(b, "dv-out", Duration::from_secs(20)).unwrap();
-    let mut ids: Vec<i64> = out
+    let mut ids: Vec<i64> = read_json(b, "dv-out")
         .iter()
-        .map(|r| {
-            serde_json::from_slice::<serde_json::Value>(&r.value).unwrap()["id"]
-                .as_i64()
-                .unwrap()
-        })
+        .map(|v| v["id"].as_i64().unwrap())
         .collect();
     ids.sort();
     assert_eq!(
@@ -79,11 +74,9 @@ INSERT INTO out SELECT id, id * 2 AS twice FROM tx;
 }
 
 fn window_counts(brokers: &str, topic: &str) -> std::collections::BTreeMap<String, i64> {
-    read_all(brokers, topic, Duration::from_secs(20))
-        .unwrap_or_default()
+    read_json(brokers, topic)
         .iter()
-        .map(|r| {
-            let v: serde_json::Value = serde_json::from_slice(&r.value).unwrap();
+        .map(|v| {
             (
                 v["window_end"].as_str().unwrap().to_string(),
                 v["n"].as_i64().unwrap(),
@@ -151,19 +144,15 @@ FROM TABLE(TUMBLE(TABLE tx, DESCRIPTOR(ts), INTERVAL '1' MINUTE)) GROUP BY windo
         });
         (stop, handle)
     };
-    let wait_for = |n: usize| {
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        loop {
+    let wait_for_windows = |n: usize| {
+        wait_for(Duration::from_secs(60), || {
             let counts = window_counts(&b, "dw-out");
-            if counts.len() >= n || std::time::Instant::now() > deadline {
-                return counts;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
+            (counts.len() >= n, counts)
+        })
     };
 
     let (stop, run) = start(&path);
-    let first = wait_for(1);
+    let first = wait_for_windows(1);
     assert_eq!(
         first.values().copied().collect::<Vec<_>>(),
         vec![3],
@@ -175,7 +164,7 @@ FROM TABLE(TUMBLE(TABLE tx, DESCRIPTOR(ts), INTERVAL '1' MINUTE)) GROUP BY windo
 
     produce_each(vec![at(70), at(80), at(130)]);
     let (stop, run) = start(&path);
-    let counts = wait_for(2);
+    let counts = wait_for_windows(2);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     run.join().unwrap().unwrap();
     assert_eq!(
