@@ -23,10 +23,6 @@ impl InputPosition {
     pub fn next_offsets(&self) -> impl Iterator<Item = (i32, i64)> + '_ {
         self.next_offsets.iter().map(|(p, o)| (*p, *o))
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.next_offsets.is_empty()
-    }
 }
 
 #[cfg(test)]

@@ -304,3 +304,12 @@ pub fn wait_for<T>(timeout: Duration, mut check: impl FnMut() -> (bool, T)) -> T
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// Writes `sql` to a pipeline file in a fresh temporary directory (kept alive
+/// by the returned guard).
+pub fn pipeline_file(sql: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("pipeline.sql");
+    std::fs::write(&path, sql).expect("the pipeline file is written");
+    (dir, path)
+}

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use weir::{RunOptions, load_pipeline, run_pipeline};
-use weir_tests::{Record, Tansu, create_topic, produce, read_json, wait_for};
+use weir_tests::{Record, Tansu, create_topic, pipeline_file, produce, read_json, wait_for};
 
 fn batch(from: usize, to: usize) -> Vec<Record> {
     (from..to)
@@ -37,12 +37,8 @@ fn the_run_continues_when_the_broker_returns() {
     let b = broker.brokers.clone();
     create_topic(&b, "bo-in", 1).unwrap();
     create_topic(&b, "bo-out", 1).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("p.sql");
-    std::fs::write(
-        &path,
-        format!(
-            r#"
+    let (_dir, path) = pipeline_file(&format!(
+        r#"
 SET 'checkpoint.interval' = '200ms';
 CREATE TABLE tx (id BIGINT) WITH ('connector' = 'kafka', 'topic' = 'bo-in', 'format' = 'json',
   'properties.bootstrap.servers' = '{b}', 'scan.startup.mode' = 'earliest-offset');
@@ -50,9 +46,7 @@ CREATE TABLE out WITH ('connector' = 'kafka', 'topic' = 'bo-out', 'format' = 'js
   'properties.bootstrap.servers' = '{b}');
 INSERT INTO out SELECT id FROM tx;
 "#
-        ),
-    )
-    .unwrap();
+    ));
     let stop = Arc::new(AtomicBool::new(false));
     let run = {
         let loaded = load_pipeline(&path, &|_| None).unwrap();

@@ -1,17 +1,10 @@
 //! Bad and late records against a real broker: what reaches the dead-letter
 //! topic, with which headers, and that nothing else in the batch is lost.
 
-use std::path::Path;
 use std::time::Duration;
 
 use weir::{RunOptions, load_pipeline, run_pipeline};
-use weir_tests::{Record, Tansu, create_topic, produce, read_all, read_json};
-
-fn pipeline(dir: &Path, brokers: &str, text: &str) -> std::path::PathBuf {
-    let path = dir.join("pipeline.sql");
-    std::fs::write(&path, text.replace("BROKERS", brokers)).unwrap();
-    path
-}
+use weir_tests::{Record, Tansu, create_topic, pipeline_file, produce, read_all, read_json};
 
 #[test]
 fn bad_records_reach_the_dead_letter_topic_with_their_origin() {
@@ -39,11 +32,8 @@ fn bad_records_reach_the_dead_letter_topic_with_their_origin() {
     ];
     produce(b, "dl-in", &records).unwrap();
 
-    let dir = tempfile::tempdir().unwrap();
-    let path = pipeline(
-        dir.path(),
-        b,
-        r#"
+    let (_dir, path) = pipeline_file(
+        &r#"
 CREATE TABLE tx (card_id TEXT, amount DOUBLE, ts TIMESTAMP(3), WATERMARK FOR ts AS ts)
 WITH ('connector' = 'kafka', 'topic' = 'dl-in', 'format' = 'json',
       'properties.bootstrap.servers' = 'BROKERS', 'scan.startup.mode' = 'earliest-offset',
@@ -55,7 +45,8 @@ CREATE TABLE totals WITH ('connector' = 'kafka', 'topic' = 'dl-totals', 'format'
 INSERT INTO rows_out SELECT card_id FROM tx;
 INSERT INTO totals SELECT card_id, window_end, count(*) AS n
 FROM TABLE(TUMBLE(TABLE tx, DESCRIPTOR(ts), INTERVAL '1' MINUTE)) GROUP BY card_id, window_start, window_end;
-"#,
+"#
+        .replace("BROKERS", b),
     );
     let summary = run_pipeline(
         load_pipeline(&path, &|_| None).unwrap(),

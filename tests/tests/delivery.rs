@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use weir::{RunOptions, load_pipeline, run_pipeline};
-use weir_tests::{Record, Tansu, create_topic, produce, read_all, read_json, wait_for};
+use weir_tests::{
+    Record, Tansu, create_topic, pipeline_file, produce, read_all, read_json, wait_for,
+};
 
 fn events(from: usize, to: usize) -> Vec<Record> {
     (from..to)
@@ -25,12 +27,8 @@ fn a_second_run_resumes_from_committed_offsets() {
     let b = &broker.brokers;
     create_topic(b, "dv-in", 3).unwrap();
     produce(b, "dv-in", &events(0, 300)).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("p.sql");
-    std::fs::write(
-        &path,
-        format!(
-            r#"
+    let (_dir, path) = pipeline_file(&format!(
+        r#"
 SET 'checkpoint.interval' = '100ms';
 CREATE TABLE tx (id BIGINT, ts TIMESTAMP(3)) WITH ('connector' = 'kafka', 'topic' = 'dv-in',
   'format' = 'json', 'properties.bootstrap.servers' = '{b}',
@@ -39,9 +37,7 @@ CREATE TABLE out WITH ('connector' = 'kafka', 'topic' = 'dv-out', 'format' = 'js
   'properties.bootstrap.servers' = '{b}');
 INSERT INTO out SELECT id, id * 2 AS twice FROM tx;
 "#
-        ),
-    )
-    .unwrap();
+    ));
     let run = || {
         run_pipeline(
             load_pipeline(&path, &|_| None).unwrap(),
@@ -110,12 +106,8 @@ fn a_window_open_at_stop_is_complete_after_restart() {
         }
     };
     produce_each(vec![at(1), at(2), at(3), at(61), at(62)]);
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("p.sql");
-    std::fs::write(
-        &path,
-        format!(
-            r#"
+    let (_dir, path) = pipeline_file(&format!(
+        r#"
 SET 'checkpoint.interval' = '100ms';
 CREATE TABLE tx (ts TIMESTAMP(3), WATERMARK FOR ts AS ts) WITH ('connector' = 'kafka',
   'topic' = 'dw-in', 'format' = 'json', 'properties.bootstrap.servers' = '{b}',
@@ -125,9 +117,7 @@ CREATE TABLE out WITH ('connector' = 'kafka', 'topic' = 'dw-out', 'format' = 'js
 INSERT INTO out SELECT window_end, count(*) AS n
 FROM TABLE(TUMBLE(TABLE tx, DESCRIPTOR(ts), INTERVAL '1' MINUTE)) GROUP BY window_start, window_end;
 "#
-        ),
-    )
-    .unwrap();
+    ));
     let start = |path: &std::path::Path| {
         let loaded = load_pipeline(path, &|_| None).unwrap();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
