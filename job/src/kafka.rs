@@ -103,6 +103,18 @@ pub fn ensure_topic(
     partitions: i32,
     timeout: Duration,
 ) -> anyhow::Result<()> {
+    ensure_topic_with(bootstrap, topic, partitions, &[], timeout)
+}
+
+/// Creates `topic` with `partitions` partitions and topic `configs` unless it
+/// exists (an existing topic's configuration is left as it is).
+pub fn ensure_topic_with(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    configs: &[(&str, &str)],
+    timeout: Duration,
+) -> anyhow::Result<()> {
     if partition_count(bootstrap, topic, timeout)?.is_some() {
         return Ok(());
     }
@@ -110,7 +122,10 @@ pub fn ensure_topic(
         .set("bootstrap.servers", bootstrap)
         .create()
         .context("creating a Kafka admin client")?;
-    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    for (k, v) in configs {
+        new = new.set(k, v);
+    }
     let opts = AdminOptions::new().operation_timeout(Some(timeout));
     let results = futures_executor::block_on(admin.create_topics([&new], &opts))
         .with_context(|| format!("creating topic '{topic}'"))?;
@@ -133,4 +148,96 @@ pub fn ensure_topic(
         "topic '{topic}' was created but did not appear within {}s",
         timeout.as_secs()
     )
+}
+
+/// The header carrying each output record's stable identity.
+pub const ID_HEADER: &str = "weir.id";
+
+/// Reads `topic`/`partition` from each given offset to the partition's end
+/// and returns the identities (the `weir.id` header) of what is there: the
+/// output a crashed run produced after its last checkpoint.
+pub fn read_output_ids(
+    bootstrap: &str,
+    from: &BTreeMap<String, BTreeMap<i32, i64>>,
+    timeout: Duration,
+) -> anyhow::Result<(std::collections::HashSet<Box<[u8]>>, u64)> {
+    use rdkafka::message::{Headers, Message};
+    use rdkafka::{Offset, TopicPartitionList};
+    let mut ids = std::collections::HashSet::new();
+    let mut records = 0u64;
+    if from.values().all(|p| p.is_empty()) {
+        return Ok((ids, 0));
+    }
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "weir-output-scan")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("fetch.wait.max.ms", "10")
+        .set("socket.connection.setup.timeout.ms", "10000")
+        .create()
+        .context("creating the output-scan consumer")?;
+    let deadline = std::time::Instant::now() + timeout;
+    // One topic at a time: end-of-partition events name no topic.
+    for (topic, partitions) in from {
+        let mut tpl = TopicPartitionList::new();
+        for (&p, &o) in partitions {
+            tpl.add_partition_offset(topic, p, Offset::Offset(o))?;
+        }
+        consumer.assign(&tpl)?;
+        let mut ended = std::collections::HashSet::new();
+        while ended.len() < partitions.len() {
+            if std::time::Instant::now() > deadline {
+                bail!(
+                    "reading the output written since the last checkpoint took longer than {}s",
+                    timeout.as_secs()
+                );
+            }
+            match consumer.poll(Duration::from_millis(100)) {
+                None => {}
+                Some(Ok(m)) => {
+                    records += 1;
+                    if let Some(h) = m.headers() {
+                        for i in 0..h.count() {
+                            let header = h.get(i);
+                            if header.key == ID_HEADER
+                                && let Some(v) = header.value
+                            {
+                                ids.insert(v.into());
+                            }
+                        }
+                    }
+                }
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                    ended.insert(p);
+                }
+                Some(Err(e)) => {
+                    tracing::warn!("reading earlier output of '{topic}': {e} (retrying)")
+                }
+            }
+        }
+    }
+    Ok((ids, records))
+}
+
+/// The current end offset of each partition of `topic` (a lower bound on
+/// brokers whose reported end lags, which is what callers need).
+pub fn end_offsets(
+    bootstrap: &str,
+    topic: &str,
+    timeout: Duration,
+) -> anyhow::Result<BTreeMap<i32, i64>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .context("creating a Kafka client")?;
+    let md = consumer.fetch_metadata(Some(topic), timeout)?;
+    let mut ends = BTreeMap::new();
+    for t in md.topics().iter().filter(|t| t.name() == topic) {
+        for p in t.partitions() {
+            let (_, high) = consumer.fetch_watermarks(topic, p.id(), timeout)?;
+            ends.insert(p.id(), high.max(0));
+        }
+    }
+    Ok(ends)
 }

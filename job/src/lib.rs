@@ -13,6 +13,7 @@
 //! What it is for: running plans. What it is not for: SQL (weir-sql) or per-batch
 //! operator logic (weir-operators).
 
+pub mod changelog;
 pub mod embedded;
 pub mod generate;
 pub mod kafka;
@@ -22,4 +23,4 @@ pub mod run;
 pub mod task;
 
 pub use load::{LoadedPipeline, load_pipeline, plan_text};
-pub use run::{RunOptions, RunSummary, run_pipeline};
+pub use run::{RunOptions, RunSummary, SourceSummary, run_pipeline};

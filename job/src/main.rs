@@ -37,6 +37,11 @@ enum Command {
         /// Consumer group id (default weir-<pipeline name>).
         #[arg(long)]
         group_id: Option<String>,
+        /// Directory for task state and checkpoints (overrides SET 'state.dir';
+        /// default ~/.local/state/weir/<group id>, or a temporary one on the
+        /// embedded broker).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
     },
     /// Print the dataflow graph of a pipeline file: operators, schemas, state, models.
     Explain { file: PathBuf },
@@ -90,6 +95,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             duration,
             print,
             group_id,
+            state_dir,
         } => {
             let loaded = load_pipeline(&file, &process_env)?;
             let stop = Arc::new(AtomicBool::new(false));
@@ -113,13 +119,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     stop,
                     print,
                     group_id,
+                    state_dir,
                 },
             )?;
             let t = summary.total();
             eprintln!(
-                "done: {} records in, {} out, {} dead-lettered, {} late",
-                t.records_in, t.records_out, t.dead_lettered, t.late
+                "done: {} records in, {} out, {} dead-lettered, {} late, {} repeated output skipped, {} checkpoints",
+                t.records_in,
+                t.records_out,
+                t.dead_lettered,
+                t.late,
+                t.duplicates_skipped,
+                t.checkpoints
             );
+            if t.transactions > 0 {
+                eprintln!("{} Kafka transactions committed", t.transactions);
+            }
             Ok(())
         }
         Command::Explain { file } => {

@@ -2,22 +2,25 @@
 //! and the embedded broker and generator when the file asks for them.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use tracing::{info, warn};
+use tracing::info;
 use weir_operators::{JsonEncoder, build_chain};
-use weir_sql::catalog::parse_duration_ms;
+use weir_sql::catalog::{parse_duration_ms, parse_size_bytes};
 use weir_sql::{DeliveryGuarantee, KafkaTable};
 
 use crate::embedded::{EMBEDDED, EmbeddedBroker};
 use crate::generate::FraudGenerator;
-use crate::kafka::{check_reachable, ensure_topic, partition_count, producer_config};
+use crate::kafka::{
+    check_reachable, ensure_topic, ensure_topic_with, partition_count, producer_config,
+};
 use crate::load::LoadedPipeline;
 use crate::printer::spawn_printer;
-use crate::task::{FlowRuntime, Sink, SourceTask, TaskCounters, TaskSettings};
+use crate::task::{FlowRuntime, Sink, SourceTask, TaskCounters, TaskSettings, TaskState};
 
 pub struct RunOptions {
     /// Set to ask every task to stop; the run then flushes and returns.
@@ -26,6 +29,8 @@ pub struct RunOptions {
     pub print: Option<bool>,
     /// Consumer group id; default `weir-<pipeline name>`.
     pub group_id: Option<String>,
+    /// Where task state and checkpoints live; overrides `SET 'state.dir'`.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl Default for RunOptions {
@@ -34,6 +39,7 @@ impl Default for RunOptions {
             stop: Arc::new(AtomicBool::new(false)),
             print: None,
             group_id: None,
+            state_dir: None,
         }
     }
 }
@@ -44,6 +50,10 @@ pub struct SourceSummary {
     pub dead_lettered: u64,
     pub late: u64,
     pub records_out: u64,
+    pub duplicates_skipped: u64,
+    pub checkpoints: u64,
+    /// Kafka transactions committed (`'sink.transactional'`).
+    pub transactions: u64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -59,6 +69,9 @@ impl RunSummary {
             t.dead_lettered += s.dead_lettered;
             t.late += s.late;
             t.records_out += s.records_out;
+            t.duplicates_skipped += s.duplicates_skipped;
+            t.checkpoints += s.checkpoints;
+            t.transactions += s.transactions;
         }
         t
     }
@@ -68,15 +81,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub fn run_pipeline(mut loaded: LoadedPipeline, options: RunOptions) -> anyhow::Result<RunSummary> {
     let plan = &mut loaded.plan;
-    for flow in &plan.flows {
-        let sink = &plan.tables[&flow.sink];
-        if sink.delivery == DeliveryGuarantee::ExactlyOnce {
-            warn!(
-                "sink {}: 'exactly-once' delivery is not implemented yet; running at-least-once",
-                sink.name
-            );
-        }
-    }
 
     // The embedded broker, if any table asks for it.
     let uses_embedded = plan
@@ -191,14 +195,47 @@ pub fn run_pipeline(mut loaded: LoadedPipeline, options: RunOptions) -> anyhow::
         .group_id
         .clone()
         .unwrap_or_else(|| format!("weir-{}", plan.name));
+    // State: explicit directory, or a per-pipeline one; the embedded broker
+    // forgets its topics at exit, so its runs keep state only for the run.
+    let mut _embedded_state = None;
+    let state_root: PathBuf = match (options.state_dir.clone(), plan.setting("state.dir")) {
+        (Some(dir), _) => dir,
+        (None, Some(dir)) => plan
+            .file
+            .parent()
+            .unwrap_or(std::path::Path::new("."))
+            .join(dir),
+        (None, None) if embedded.is_some() => {
+            let dir = tempfile::Builder::new()
+                .prefix("weir-state-")
+                .tempdir()
+                .context("creating a temporary state directory")?;
+            let path = dir.path().to_owned();
+            _embedded_state = Some(dir);
+            path
+        }
+        (None, None) => default_state_root().join(&group_id),
+    };
+    let cache_size = plan
+        .setting("state.cache.size")
+        .and_then(parse_size_bytes)
+        .unwrap_or(256 << 20) as usize;
+    info!("state in {}", state_root.display());
+    // Changelogs let a run without its state directory (or, later, another
+    // worker) rebuild the state. The embedded broker forgets them at exit.
+    let changelogs = match plan.setting("state.changelog") {
+        Some(v) => v == "true",
+        None => embedded.is_none(),
+    };
 
     let mut handles = Vec::new();
     let mut counters: BTreeMap<String, Arc<TaskCounters>> = BTreeMap::new();
-    for source in plan.sources() {
+    for (source_index, source) in plan.sources().into_iter().enumerate() {
         let mut flows = Vec::new();
         for flow in plan.flows.iter().filter(|f| f.source == source.name) {
             let sink_table = &plan.tables[&flow.sink];
             flows.push(FlowRuntime {
+                exactly_once: sink_table.delivery == DeliveryGuarantee::ExactlyOnce,
                 flow: flow.clone(),
                 chain: build_chain(flow, &loaded.models).with_context(|| {
                     format!("building flow {} (INSERT INTO {})", flow.index, flow.sink)
@@ -207,22 +244,68 @@ pub fn run_pipeline(mut loaded: LoadedPipeline, options: RunOptions) -> anyhow::
                 sink_topic: sink_table.topic.clone(),
             });
         }
-        let sink = sinks[&plan.tables[&plan
-            .flows
-            .iter()
-            .find(|f| f.source == source.name)
-            .expect("a source has a flow")
-            .sink]
-            .bootstrap_servers]
-            .clone();
+        let sink_tables: Vec<&KafkaTable> =
+            flows.iter().map(|f| &plan.tables[&f.flow.sink]).collect();
+        let bootstrap = sink_tables[0].bootstrap_servers.clone();
+        let sink = if sink_tables.iter().any(|t| t.transactional) {
+            // One transaction holds everything the task writes, so it has a
+            // producer of its own, and its sinks share a cluster.
+            if let Some(other) = sink_tables
+                .iter()
+                .find(|t| t.bootstrap_servers != bootstrap)
+            {
+                bail!(
+                    "table {} uses 'sink.transactional', but source {} also writes to {} on another cluster ({}): one transaction cannot span clusters",
+                    sink_tables
+                        .iter()
+                        .find(|t| t.transactional)
+                        .map(|t| t.name.as_str())
+                        .unwrap_or_default(),
+                    source.name,
+                    other.name,
+                    other.bootstrap_servers
+                );
+            }
+            let mut config = producer_config(&bootstrap, &BTreeMap::new());
+            // A transaction spans a checkpoint interval; the broker caps this
+            // at its transaction.max.timeout.ms (15 min by default).
+            let timeout_ms = (checkpoint_interval.as_millis() * 3).clamp(60_000, 900_000);
+            config.set("transaction.timeout.ms", timeout_ms.to_string());
+            Arc::new(Sink::transactional(
+                &config,
+                &format!("{group_id}-{}-0", source.name),
+            )?)
+        } else {
+            sinks[&bootstrap].clone()
+        };
         let task_counters = Arc::new(TaskCounters::default());
         counters.insert(source.name.clone(), task_counters.clone());
-        let task = SourceTask {
-            table: source.clone(),
+        let fingerprint = state_fingerprint(source, &flows);
+        let stateful = flows.iter().any(|f| !f.chain.stateful().is_empty());
+        let changelog_topic = if changelogs && stateful {
+            let topic = crate::changelog::topic_name(&group_id, &source.name);
+            match embedded.as_ref() {
+                Some(b) => b.create_topic(&topic, 1)?,
+                None => ensure_topic_with(
+                    sink.bootstrap(),
+                    &topic,
+                    1,
+                    &[("cleanup.policy", "compact")],
+                    CONNECT_TIMEOUT,
+                )
+                .with_context(|| format!("creating the changelog topic '{topic}'"))?,
+            }
+            Some(topic)
+        } else {
+            None
+        };
+        let task = SourceTask::new(
+            source.clone(),
             flows,
             sink,
-            stop: stop.clone(),
-            settings: TaskSettings {
+            stop.clone(),
+            TaskSettings {
+                source_index: source_index as u16,
                 group_id: format!("{group_id}-{}", source.name),
                 batch_size,
                 linger,
@@ -238,8 +321,17 @@ pub fn run_pipeline(mut loaded: LoadedPipeline, options: RunOptions) -> anyhow::
                         .map(Duration::from_millis)
                 },
             },
-            counters: task_counters,
-        };
+            task_counters,
+            TaskState {
+                dir: state_root.join(&source.name),
+                // A quarter of the cache is RocksDB's block cache; the rest
+                // bounds the window operators' in-memory deltas.
+                memory_budget: cache_size - cache_size / 4,
+                cache_bytes: cache_size / 4,
+                fingerprint,
+                changelog_topic,
+            },
+        );
         let name = format!("weir-source-{}", source.name);
         handles.push((
             source.name.clone(),
@@ -293,6 +385,9 @@ pub fn run_pipeline(mut loaded: LoadedPipeline, options: RunOptions) -> anyhow::
                 dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
                 late: c.late.load(Ordering::Relaxed),
                 records_out: c.records_out.load(Ordering::Relaxed),
+                duplicates_skipped: c.duplicates_skipped.load(Ordering::Relaxed),
+                checkpoints: c.checkpoints.load(Ordering::Relaxed),
+                transactions: c.transactions.load(Ordering::Relaxed),
             },
         );
     }
@@ -358,4 +453,39 @@ fn spawn_generator(
             }
             let _ = sink.flush();
         })?)
+}
+
+/// `$XDG_STATE_HOME/weir`, else `~/.local/state/weir`, else a `weir-state`
+/// directory under the system's temporary directory.
+fn default_state_root() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("weir");
+    }
+    if let Some(home) = std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(home).join(".local/state/weir");
+    }
+    std::env::temp_dir().join("weir-state")
+}
+
+/// Identifies what a source task's state depends on: the source topic and the
+/// stateful stages of its flows. A checkpoint written under another
+/// fingerprint is refused rather than misread.
+fn state_fingerprint(source: &KafkaTable, flows: &[FlowRuntime]) -> String {
+    let mut h = blake3::Hasher::new();
+    // Bumped when the store layout changes.
+    h.update(b"weir-state-v1");
+    h.update(source.topic.as_bytes());
+    for f in flows {
+        h.update(&(f.flow.index as u64).to_be_bytes());
+        // Column families are named by the operator's position in the chain.
+        for op in f.chain.stateful() {
+            h.update(&(op as u64).to_be_bytes());
+        }
+        for stage in &f.flow.stages {
+            if let weir_sql::Stage::WindowAggregate(w) = stage {
+                h.update(format!("{w:?}").as_bytes());
+            }
+        }
+    }
+    h.finalize().to_hex()[..32].to_string()
 }

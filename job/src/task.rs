@@ -2,20 +2,27 @@
 //! flow reading it.
 //!
 //! ```text
+//! open the task's state store (restores the newest checkpoint: state, offsets,
+//!   watermark, output positions); exactly-once: read the ids of output written
+//!   since that checkpoint, to skip them when the replay produces them again
 //! poll (up to batch size or linger) -> decode (bad -> dead letters)
 //!   -> arrival watermark per row -> each flow's chain -> encode -> produce
 //! watermark advanced -> chains emit fired windows -> produce
-//! every checkpoint interval: flush the producer, then commit input offsets
+//! every checkpoint interval, at a graceful stop and at the end of bounded input:
+//!   operators write their state -> flush the producer -> checkpoint the store
+//!   (state + offsets + watermark + output positions) -> commit offsets to the group
 //! ```
-//! Offsets are committed only after the output they produced is acknowledged,
-//! so a crash replays input rather than losing output (at-least-once).
+//! The checkpoint is the source of truth for where to resume; the consumer
+//! group's committed offsets only serve monitoring and runs without state.
 
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use datafusion::arrow::array::{AsArray, Int64Array, RecordBatch};
+use datafusion::arrow::array::{AsArray, Int64Array};
 use datafusion::arrow::datatypes::TimestampMillisecondType;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
@@ -24,21 +31,25 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::{debug, info, warn};
 use weir_operators::decode::Decoded;
+use weir_operators::ids::{ROW_ID_LEN, id_array, parse_source_row_id, source_row_id};
 use weir_operators::watermark::{END_OF_TIME, START_OF_TIME};
 use weir_operators::window::Assigner;
 use weir_operators::{
-    Batch, Chain, Context, JsonDecoder, JsonEncoder, RecordMeta, WatermarkTracker,
+    Batch, Chain, Context, JsonDecoder, JsonEncoder, RecordMeta, StateAttachment, WatermarkTracker,
 };
 use weir_sql::{Flow, KafkaTable, Stage, StartupMode};
-use weir_state::{HeldOffsets, InputPosition};
+use weir_state::{CheckpointMeta, HeldOffsets, InputPosition, TaskStore, fault};
 
-use crate::kafka::consumer_config;
+use crate::changelog::{self, CatchUp, Changelog};
+use crate::kafka::{ID_HEADER, consumer_config, end_offsets, read_output_ids};
 
 /// Counts delivery outcomes; a failed delivery fails the next flush.
 #[derive(Default)]
 pub struct SinkContext {
     pub delivered: AtomicU64,
     pub failed: AtomicU64,
+    /// Per topic and partition, one past the highest offset acknowledged.
+    positions: Mutex<BTreeMap<String, BTreeMap<i32, i64>>>,
 }
 
 impl ClientContext for SinkContext {}
@@ -47,8 +58,22 @@ impl ProducerContext for SinkContext {
     type DeliveryOpaque = ();
     fn delivery(&self, result: &DeliveryResult<'_>, _opaque: ()) {
         match result {
-            Ok(_) => {
+            Ok(m) => {
                 self.delivered.fetch_add(1, Ordering::Relaxed);
+                let mut positions = self.positions.lock().unwrap_or_else(|e| e.into_inner());
+                let next = m.offset() + 1;
+                match positions.get_mut(m.topic()) {
+                    Some(t) => {
+                        let p = t.entry(m.partition()).or_insert(next);
+                        *p = (*p).max(next);
+                    }
+                    None => {
+                        positions.insert(
+                            m.topic().to_owned(),
+                            BTreeMap::from([(m.partition(), next)]),
+                        );
+                    }
+                }
             }
             Err((e, m)) => {
                 self.failed.fetch_add(1, Ordering::Relaxed);
@@ -61,14 +86,87 @@ impl ProducerContext for SinkContext {
 /// The job's producer, shared by its tasks.
 pub struct Sink {
     producer: ThreadedProducer<SinkContext>,
+    bootstrap: String,
+    transactional: bool,
 }
+
+const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Sink {
     pub fn new(config: &rdkafka::ClientConfig) -> anyhow::Result<Self> {
         let producer = config
             .create_with_context(SinkContext::default())
             .context("creating the Kafka producer")?;
-        Ok(Self { producer })
+        Ok(Self {
+            producer,
+            bootstrap: config
+                .get("bootstrap.servers")
+                .unwrap_or_default()
+                .to_owned(),
+            transactional: false,
+        })
+    }
+
+    /// A task's own producer with `transactional.id` = `id`: initialising it
+    /// fences (and aborts the open transaction of) any earlier producer with
+    /// that id, such as the one of a run that was killed. A transaction is open
+    /// on return.
+    pub fn transactional(config: &rdkafka::ClientConfig, id: &str) -> anyhow::Result<Self> {
+        let mut config = config.clone();
+        config.set("transactional.id", id);
+        let mut sink = Self::new(&config)?;
+        sink.producer
+            .init_transactions(TRANSACTION_TIMEOUT)
+            .with_context(|| format!("initialising Kafka transactions (transactional.id {id})"))?;
+        sink.producer
+            .begin_transaction()
+            .context("beginning a Kafka transaction")?;
+        sink.transactional = true;
+        Ok(sink)
+    }
+
+    pub fn is_transactional(&self) -> bool {
+        self.transactional
+    }
+
+    /// Commits the open transaction, adding the consumer group's `offsets` to
+    /// it, and begins the next one.
+    pub fn commit_transaction(
+        &self,
+        offsets: &TopicPartitionList,
+        group: &rdkafka::consumer::ConsumerGroupMetadata,
+    ) -> anyhow::Result<()> {
+        if offsets.count() > 0 {
+            self.producer
+                .send_offsets_to_transaction(offsets, group, TRANSACTION_TIMEOUT)
+                .context("adding input offsets to the Kafka transaction")?;
+        }
+        self.producer
+            .commit_transaction(TRANSACTION_TIMEOUT)
+            .context("committing the Kafka transaction")?;
+        self.producer
+            .begin_transaction()
+            .context("beginning a Kafka transaction")?;
+        Ok(())
+    }
+
+    pub fn bootstrap(&self) -> &str {
+        &self.bootstrap
+    }
+
+    /// One past the highest acknowledged offset, per partition of each of
+    /// `topics` that has had output.
+    pub fn positions(&self, topics: &[String]) -> BTreeMap<String, BTreeMap<i32, i64>> {
+        let positions = self
+            .producer
+            .context()
+            .positions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        topics
+            .iter()
+            .filter_map(|t| positions.get(t).map(|p| (t.clone(), p.clone())))
+            .collect()
     }
 
     pub fn send(
@@ -85,6 +183,27 @@ impl Sink {
         if let Some(h) = headers {
             record = record.headers(h);
         }
+        self.produce(record)
+    }
+
+    /// Sends `value` (`None`: a tombstone) to one partition of `topic`.
+    pub fn send_to(
+        &self,
+        topic: &str,
+        partition: i32,
+        key: &[u8],
+        value: Option<&[u8]>,
+    ) -> anyhow::Result<()> {
+        let mut record: BaseRecord<'_, [u8], [u8]> =
+            BaseRecord::to(topic).partition(partition).key(key);
+        if let Some(v) = value {
+            record = record.payload(v);
+        }
+        self.produce(record)
+    }
+
+    fn produce(&self, mut record: BaseRecord<'_, [u8], [u8]>) -> anyhow::Result<()> {
+        let topic = record.topic.to_owned();
         loop {
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),
@@ -132,6 +251,14 @@ pub struct TaskCounters {
     pub dead_lettered: AtomicU64,
     pub late: AtomicU64,
     pub records_out: AtomicU64,
+    /// Output records not produced again because a crashed run had.
+    pub duplicates_skipped: AtomicU64,
+    pub checkpoints: AtomicU64,
+    /// Kafka transactions committed (`'sink.transactional'`).
+    pub transactions: AtomicU64,
+    pub last_checkpoint_ms: AtomicU64,
+    pub last_checkpoint_bytes: AtomicU64,
+    pub restore_ms: AtomicU64,
 }
 
 pub struct FlowRuntime {
@@ -139,9 +266,27 @@ pub struct FlowRuntime {
     pub chain: Chain,
     pub encoder: JsonEncoder,
     pub sink_topic: String,
+    pub exactly_once: bool,
+}
+
+/// Where a task keeps its state and how much memory it may use.
+pub struct TaskState {
+    /// The task's own directory (a RocksDB store and its checkpoints).
+    pub dir: PathBuf,
+    /// Memory the task's window operators may hold before writing to the store.
+    pub memory_budget: usize,
+    /// RocksDB block cache.
+    pub cache_bytes: usize,
+    /// Identifies the plan's stateful parts; a checkpoint from another plan is refused.
+    pub fingerprint: String,
+    /// The changelog topic (on the sink's cluster), when state changes are
+    /// shipped there.
+    pub changelog_topic: Option<String>,
 }
 
 pub struct TaskSettings {
+    /// The source table's position among the plan's sources.
+    pub source_index: u16,
     pub group_id: String,
     pub batch_size: usize,
     pub linger: Duration,
@@ -156,11 +301,84 @@ pub struct SourceTask {
     pub stop: Arc<AtomicBool>,
     pub settings: TaskSettings,
     pub counters: Arc<TaskCounters>,
+    pub state: TaskState,
+    dedupe: Option<Dedupe>,
+    changelog: Option<Changelog>,
 }
 
 const DLQ_REASON: &str = "weir.error";
+/// The flow number in the identity of a dead letter for a record that could
+/// not be decoded, or'ed with the source table's index (flows number from 0).
+const DECODE_FLOW: u16 = 0x8000;
+const RECORD_ID_LEN: usize = 2 + ROW_ID_LEN;
+
+/// An output record's identity: the flow that made it, then its row identity.
+fn record_id(flow: u16, row_id: &[u8]) -> [u8; RECORD_ID_LEN] {
+    let mut id = [0u8; RECORD_ID_LEN];
+    id[..2].copy_from_slice(&flow.to_be_bytes());
+    id[2..].copy_from_slice(row_id);
+    id
+}
+
+/// What a checkpoint records, as the task loop advances it.
+struct Progress {
+    next_id: u64,
+    position: InputPosition,
+    held: HeldOffsets,
+    fired_through: i64,
+    sink_positions: BTreeMap<String, BTreeMap<i32, i64>>,
+}
+
+/// Output identities a crashed run produced after the checkpoint being
+/// replayed from; the replay skips them once each.
+struct Dedupe {
+    ids: HashSet<Box<[u8]>>,
+}
+
+impl Dedupe {
+    /// Whether `id` was already written (and forgets it: each is skipped once).
+    fn seen(dedupe: &mut Option<Dedupe>, id: &[u8]) -> bool {
+        let Some(d) = dedupe else { return false };
+        let hit = d.ids.remove(id);
+        if d.ids.is_empty() {
+            *dedupe = None;
+        }
+        hit
+    }
+}
 
 impl SourceTask {
+    pub fn new(
+        table: KafkaTable,
+        flows: Vec<FlowRuntime>,
+        sink: Arc<Sink>,
+        stop: Arc<AtomicBool>,
+        settings: TaskSettings,
+        counters: Arc<TaskCounters>,
+        state: TaskState,
+    ) -> Self {
+        Self {
+            table,
+            flows,
+            sink,
+            stop,
+            settings,
+            counters,
+            state,
+            dedupe: None,
+            changelog: None,
+        }
+    }
+
+    /// The topics this task writes to.
+    fn output_topics(&self) -> Vec<String> {
+        let mut topics: Vec<String> = self.flows.iter().map(|f| f.sink_topic.clone()).collect();
+        topics.extend(self.table.dead_letter_topic.iter().cloned());
+        topics.sort();
+        topics.dedup();
+        topics
+    }
+
     pub fn run(mut self) -> anyhow::Result<()> {
         let table = self.table.clone();
         let consumer: BaseConsumer = consumer_config(&table, &self.settings.group_id)
@@ -179,11 +397,155 @@ impl SourceTask {
             bail!("source topic '{}' does not exist", table.topic);
         }
         let n_partitions = partitions.iter().copied().max().unwrap_or(0) as usize + 1;
-        // Committed offsets are looked up explicitly rather than through
+
+        // State: open the store (restoring the newest checkpoint) and hand each
+        // stateful operator its column family.
+        let mut stateful = Vec::new();
+        for (fi, f) in self.flows.iter().enumerate() {
+            for op in f.chain.stateful() {
+                stateful.push((fi, op, format!("flow{}.op{op}", f.flow.index)));
+            }
+        }
+        let column_families: Vec<String> = stateful.iter().map(|(_, _, n)| n.clone()).collect();
+        let mut store =
+            TaskStore::open(&self.state.dir, 0, &column_families, self.state.cache_bytes)
+                .with_context(|| {
+                    format!("opening the state store in {}", self.state.dir.display())
+                })?;
+        let changelog_topic = self
+            .state
+            .changelog_topic
+            .clone()
+            .filter(|_| !stateful.is_empty());
+        if let Some(m) = store.restored()
+            && (m.plan_fingerprint != self.state.fingerprint || m.source_topic != table.topic)
+        {
+            bail!(
+                "the state in {} was written by a different pipeline (or a different version of this one); \
+                 delete that directory to start over, or point 'state.dir' elsewhere",
+                self.state.dir.display()
+            );
+        }
+        let mut from_changelog = false;
+        let mut garbage = Vec::new();
+        if let Some(topic) = &changelog_topic {
+            let bootstrap = self.sink.bootstrap().to_owned();
+            let plan = (self.state.fingerprint.as_str(), table.topic.as_str());
+            let timeout = Duration::from_secs(600);
+            // A local checkpoint: take in what the changelog committed after it.
+            if let Some(local) = store.restored().cloned() {
+                match changelog::catch_up(&bootstrap, topic, 0, &store, &local, plan, timeout)? {
+                    CatchUp::UpToDate { garbage: g } => garbage = g,
+                    CatchUp::Applied(r) => {
+                        info!(
+                            "source {}: the changelog holds checkpoint {} beyond local checkpoint {}; applied it ({} records read)",
+                            table.name, r.meta.id, local.id, r.records
+                        );
+                        garbage = r.garbage;
+                        store.set_restored(r.meta, r.took);
+                        from_changelog = true;
+                    }
+                    CatchUp::Stale(newer) => {
+                        warn!(
+                            "source {}: local checkpoint {} is older than checkpoint {newer} in changelog '{topic}', which another run went on from; rebuilding from the changelog",
+                            table.name, local.id
+                        );
+                        drop(store);
+                        TaskStore::wipe(&self.state.dir)?;
+                        store = TaskStore::open(
+                            &self.state.dir,
+                            0,
+                            &column_families,
+                            self.state.cache_bytes,
+                        )?;
+                    }
+                }
+            }
+            // No local checkpoint: rebuild the state from the changelog.
+            if store.restored().is_none()
+                && let Some(r) = changelog::restore(&bootstrap, topic, 0, &store, plan, timeout)?
+            {
+                info!(
+                    "source {}: no local state; rebuilt checkpoint {} from changelog '{topic}' ({} records, {} bytes) in {} ms",
+                    table.name,
+                    r.meta.id,
+                    r.records,
+                    r.bytes,
+                    r.took.as_millis()
+                );
+                garbage = r.garbage;
+                store.set_restored(r.meta, r.took);
+                from_changelog = true;
+            }
+        }
+        let restored = store.restored().cloned();
+        if let Some(m) = &restored {
+            info!(
+                "source {}: restored checkpoint {} in {} ms (taken {} ms ago{})",
+                table.name,
+                m.id,
+                store.restore_time().as_millis(),
+                (chrono::Utc::now().timestamp_millis() - m.taken_at_ms).max(0),
+                if from_changelog {
+                    ", from the changelog"
+                } else {
+                    ""
+                }
+            );
+        }
+        if restored
+            .as_ref()
+            .is_some_and(|m| m.fired_through == END_OF_TIME && !stateful.is_empty())
+        {
+            warn!(
+                "source {}: an earlier run of this pipeline read its bounded input to the end, so every window has fired; \
+                 new rows for windows will be late. Delete {} to start over.",
+                table.name,
+                self.state.dir.display()
+            );
+        }
+        self.counters
+            .restore_ms
+            .store(store.restore_time().as_millis() as u64, Ordering::Relaxed);
+        let fired_from = restored
+            .as_ref()
+            .map(|m| m.fired_through)
+            .unwrap_or(START_OF_TIME);
+        if let Some(topic) = changelog_topic {
+            let chain = restored
+                .as_ref()
+                .and_then(|m| m.changelog.clone())
+                .unwrap_or_default();
+            let mut cl = Changelog::new(topic, 0, chain, garbage);
+            // A local checkpoint whose changelog was lost (or never written):
+            // the next checkpoint ships a full snapshot.
+            if restored.is_some()
+                && !from_changelog
+                && end_offsets(self.sink.bootstrap(), &cl.topic, Duration::from_secs(10))?
+                    .get(&cl.partition)
+                    .is_none_or(|end| *end == 0)
+            {
+                cl.force_snapshot();
+            }
+            store.capture_changes();
+            self.changelog = Some(cl);
+        }
+        let budget = self.state.memory_budget / stateful.len().max(1);
+        for (fi, op, name) in &stateful {
+            let attachment = StateAttachment {
+                store: store.operator(name)?,
+                fired_through: fired_from,
+                memory_budget: budget,
+            };
+            self.flows[*fi].chain.attach_state(*op, attachment)?;
+        }
+
+        // Where to start: the checkpoint's offsets; without one, the startup
+        // mode. Committed offsets are looked up explicitly rather than through
         // librdkafka's "stored" offset, which does not resume at the committed
         // offset on every broker (tansu).
         let committed: std::collections::HashMap<i32, i64> =
-            if table.startup_mode == StartupMode::GroupOffsets {
+            if restored.is_none() && table.startup_mode == StartupMode::GroupOffsets {
                 let mut query = TopicPartitionList::new();
                 for p in &partitions {
                     query.add_partition(&table.topic, *p);
@@ -201,14 +563,30 @@ impl SourceTask {
             } else {
                 std::collections::HashMap::new()
             };
+        // Every partition gets a concrete start offset, so every checkpoint
+        // (the first one is taken before any input is read) names them all.
         let mut tpl = TopicPartitionList::new();
+        let mut starts = BTreeMap::new();
         for p in &partitions {
-            let start = match (table.startup_mode, committed.get(p)) {
-                (StartupMode::Earliest, _) | (StartupMode::GroupOffsets, None) => Offset::Beginning,
-                (StartupMode::Latest, _) => Offset::End,
-                (StartupMode::GroupOffsets, Some(o)) => Offset::Offset(*o),
+            let checkpointed = restored.as_ref().and_then(|m| m.next_offsets.get(p));
+            let start = match (checkpointed, table.startup_mode, committed.get(p)) {
+                (Some(o), _, _) => *o,
+                (None, StartupMode::GroupOffsets, Some(o)) => *o,
+                (None, mode, _) => {
+                    let (low, high) = consumer
+                        .fetch_watermarks(&table.topic, *p, Duration::from_secs(10))
+                        .with_context(|| {
+                            format!("reading the offsets of '{}' partition {p}", table.topic)
+                        })?;
+                    if mode == StartupMode::Latest {
+                        high.max(0)
+                    } else {
+                        low.max(0)
+                    }
+                }
             };
-            tpl.add_partition_offset(&table.topic, *p, start)?;
+            starts.insert(*p, start);
+            tpl.add_partition_offset(&table.topic, *p, Offset::Offset(start))?;
         }
         consumer
             .assign(&tpl)
@@ -239,9 +617,63 @@ impl SourceTask {
                 tracker.exclude(p as usize, now);
             }
         }
+        if let Some(m) = &restored {
+            tracker.restore(
+                m.max_event_times.iter().map(|(p, t)| (*p as usize, *t)),
+                m.fired_through,
+                now,
+            );
+        }
+
+        // Output positions: what a replay may repeat starts there.
+        let outputs = self.output_topics();
+        let mut sink_positions = restored
+            .as_ref()
+            .map(|m| m.sink_positions.clone())
+            .unwrap_or_default();
+        let exactly_once = self.flows.iter().any(|f| f.exactly_once);
+        if exactly_once {
+            if restored.is_some() {
+                let scan_from: BTreeMap<String, BTreeMap<i32, i64>> = sink_positions
+                    .iter()
+                    .filter(|(t, _)| outputs.contains(t))
+                    .map(|(t, p)| (t.clone(), p.clone()))
+                    .collect();
+                let started = Instant::now();
+                let (ids, records) =
+                    read_output_ids(self.sink.bootstrap(), &scan_from, Duration::from_secs(120))?;
+                info!(
+                    "source {}: {records} output records follow the checkpoint ({} ids to skip; read in {} ms)",
+                    table.name,
+                    ids.len(),
+                    started.elapsed().as_millis()
+                );
+                if !ids.is_empty() {
+                    self.dedupe = Some(Dedupe { ids });
+                }
+            }
+            // Partitions with no recorded position yet: their current end.
+            for topic in &outputs {
+                let known = sink_positions.entry(topic.clone()).or_default();
+                for (p, end) in end_offsets(self.sink.bootstrap(), topic, Duration::from_secs(10))?
+                {
+                    known.entry(p).or_insert(end);
+                }
+            }
+        }
+
         let mut finished = vec![false; n_partitions];
-        let mut position = InputPosition::default();
-        // Windows whose rows must stay uncommitted until they fire.
+        let mut progress = Progress {
+            next_id: restored.as_ref().map(|m| m.id + 1).unwrap_or(1),
+            position: InputPosition::starting_at(starts),
+            held: restored
+                .as_ref()
+                .map(|m| m.held.clone())
+                .unwrap_or_default(),
+            fired_through: fired_from,
+            sink_positions,
+        };
+        // Windows whose rows must stay uncommitted (in the group) until they fire.
         let windows: Vec<Assigner> = self
             .flows
             .iter()
@@ -251,8 +683,11 @@ impl SourceTask {
                 _ => None,
             })
             .collect();
-        let mut held = HeldOffsets::default();
-        let mut fired_through = START_OF_TIME;
+        if restored.is_none() {
+            // Where this run starts and what its outputs held, before any
+            // output: a crash before the first interval then replays exactly.
+            self.checkpoint(&mut store, &consumer, &tracker, &mut progress)?;
+        }
         let mut last_checkpoint = Instant::now();
         let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
         let mut spans: Vec<(usize, usize)> = Vec::with_capacity(self.settings.batch_size);
@@ -323,22 +758,26 @@ impl SourceTask {
                         w.column,
                         &metas,
                         &windows,
-                        fired_through,
-                        &mut held,
+                        progress.fired_through,
+                        &mut progress.held,
                     );
                 }
                 for m in &metas {
-                    position.processed(m.partition, m.offset);
+                    progress.position.processed(m.partition, m.offset);
                 }
+                if let Some(cl) = &mut self.changelog {
+                    cl.ship_full(&self.sink, &store, progress.next_id)?;
+                }
+                fault::point("after-batch");
             }
             // A bounded partition that has ended keeps holding the watermark at
             // its last value until every partition has ended: results then do
             // not depend on how the broker interleaves partitions.
             let wm = tracker.tick(Instant::now());
-            if wm > fired_through {
-                fired_through = wm;
+            if wm > progress.fired_through {
+                progress.fired_through = wm;
                 self.advance_watermark(wm)?;
-                held.release_through(wm);
+                progress.held.release_through(wm);
             }
             if table.bounded
                 && finished
@@ -346,35 +785,125 @@ impl SourceTask {
                     .enumerate()
                     .all(|(p, f)| *f || !partitions.contains(&(p as i32)))
             {
-                if fired_through < END_OF_TIME {
+                if progress.fired_through < END_OF_TIME {
+                    progress.fired_through = END_OF_TIME;
                     self.advance_watermark(END_OF_TIME)?;
-                    held.release_through(END_OF_TIME);
+                    progress.held.release_through(END_OF_TIME);
                 }
                 info!("source {}: reached the end of bounded input", table.name);
                 break;
             }
             if last_checkpoint.elapsed() >= self.settings.checkpoint_interval {
-                self.commit(&consumer, &held.committable(&position))?;
+                self.checkpoint(&mut store, &consumer, &tracker, &mut progress)?;
                 last_checkpoint = Instant::now();
             }
         }
-        self.commit(&consumer, &held.committable(&position))?;
+        self.checkpoint(&mut store, &consumer, &tracker, &mut progress)?;
         Ok(())
     }
 
-    /// Flushes the sink, then commits `offsets` (next offset to read, per
-    /// partition). Rows still in open windows are excluded: see HeldOffsets.
-    fn commit(&self, consumer: &BaseConsumer, offsets: &[(i32, i64)]) -> anyhow::Result<()> {
-        self.sink.flush()?;
-        if offsets.is_empty() {
-            return Ok(());
+    /// Makes the task's state, input offsets, watermark and output positions
+    /// durable together, then commits the group's offsets (rows still in open
+    /// windows excluded: see HeldOffsets) for monitoring and stateless runs.
+    fn checkpoint(
+        &mut self,
+        store: &mut TaskStore,
+        consumer: &BaseConsumer,
+        tracker: &WatermarkTracker,
+        progress: &mut Progress,
+    ) -> anyhow::Result<()> {
+        let started = Instant::now();
+        fault::point("checkpoint-start");
+        for f in &mut self.flows {
+            f.chain.flush_state()?;
         }
-        debug!("source {}: committing offsets {offsets:?}", self.table.name);
+        fault::point("after-state-flush");
+        let chain = match &mut self.changelog {
+            Some(cl) => Some(cl.prepare(&self.sink, store, progress.next_id)?),
+            None => None,
+        };
+        self.sink.flush()?;
+        fault::point("after-sink-flush");
+        // While output of a crashed run is still to be skipped, the positions
+        // stay where that output starts, so another crash reads it again.
+        if self.dedupe.is_none() {
+            for (topic, partitions) in self.sink.positions(&self.output_topics()) {
+                let known = progress.sink_positions.entry(topic).or_default();
+                for (p, next) in partitions {
+                    let at = known.entry(p).or_insert(next);
+                    *at = (*at).max(next);
+                }
+            }
+        }
+        let mut meta = CheckpointMeta {
+            id: progress.next_id,
+            plan_fingerprint: self.state.fingerprint.clone(),
+            source_topic: self.table.topic.clone(),
+            next_offsets: progress.position.next_offsets().collect(),
+            max_event_times: tracker
+                .max_event_times()
+                .map(|(p, t)| (p as i32, t))
+                .collect(),
+            fired_through: progress.fired_through,
+            held: progress.held.clone(),
+            sink_positions: progress.sink_positions.clone(),
+            taken_at_ms: chrono::Utc::now().timestamp_millis(),
+            changelog: chain,
+            changelog_offset: None,
+        };
+        if let Some(cl) = &mut self.changelog {
+            cl.commit(&self.sink, &meta)?;
+        }
+        // Offsets open windows still need are not committed: see HeldOffsets.
+        let offsets = progress.held.committable(&progress.position);
         let mut tpl = TopicPartitionList::new();
-        for &(p, next) in offsets {
+        for &(p, next) in &offsets {
             tpl.add_partition_offset(&self.table.topic, p, Offset::Offset(next))?;
         }
-        if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
+        if self.sink.is_transactional() {
+            // Output, dead letters, changelog records and offsets: all or nothing.
+            let group = consumer
+                .group_metadata()
+                .context("the source consumer has no group metadata for the transaction")?;
+            self.sink.commit_transaction(&tpl, &group)?;
+            self.counters.transactions.fetch_add(1, Ordering::Relaxed);
+        } else if self.changelog.is_some() {
+            self.sink.flush()?;
+        }
+        fault::point("after-changelog-commit");
+        if let Some(cl) = &self.changelog {
+            // Where records newer than this checkpoint would start.
+            meta.changelog_offset = self
+                .sink
+                .positions(std::slice::from_ref(&cl.topic))
+                .get(&cl.topic)
+                .and_then(|p| p.get(&cl.partition))
+                .copied();
+        }
+        let stats = store
+            .checkpoint(&meta)
+            .with_context(|| format!("checkpoint {} of source {}", meta.id, self.table.name))?;
+        fault::point("after-checkpoint");
+        progress.next_id += 1;
+        let c = &self.counters;
+        c.checkpoints.fetch_add(1, Ordering::Relaxed);
+        c.last_checkpoint_ms
+            .store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        c.last_checkpoint_bytes
+            .store(stats.bytes, Ordering::Relaxed);
+        debug!(
+            "source {}: checkpoint {} in {} ms ({} of it in the store), {} bytes, input offsets summing to {}",
+            self.table.name,
+            stats.id,
+            started.elapsed().as_millis(),
+            stats.duration.as_millis(),
+            stats.bytes,
+            meta.next_offsets.values().sum::<i64>()
+        );
+        if !offsets.is_empty()
+            && !self.sink.is_transactional()
+            && let Err(e) = consumer.commit(&tpl, CommitMode::Sync)
+        {
             warn!("source {}: committing offsets failed: {e}", self.table.name);
         }
         Ok(())
@@ -395,7 +924,7 @@ impl SourceTask {
         for bad in &decoded.bad {
             let (s, e) = spans[bad.index];
             let m = &metas[bad.index];
-            self.dead_letter(&buf[s..e], m.key.as_deref(), &bad.reason, Some(m))?;
+            self.dead_letter(&buf[s..e], m.key.as_deref(), &bad.reason, m)?;
         }
         if decoded.batch.num_rows() == 0 {
             return Ok(decoded);
@@ -421,8 +950,14 @@ impl SourceTask {
             None => Int64Array::from_value(START_OF_TIME, decoded.batch.num_rows()),
         };
         let arrival = Arc::new(arrival);
+        let ids = Arc::new(id_array(
+            decoded
+                .rows
+                .iter()
+                .map(|&i| source_row_id(metas[i].partition, metas[i].offset)),
+        ));
         for i in 0..self.flows.len() {
-            let batch = Batch::new(decoded.batch.clone(), arrival.clone());
+            let batch = Batch::new(decoded.batch.clone(), arrival.clone(), ids.clone());
             let mut ctx = Context::default();
             let out = self.flows[i].chain.process(batch, &mut ctx)?;
             self.emit(i, out, ctx)?;
@@ -441,77 +976,104 @@ impl SourceTask {
 
     fn emit(&mut self, flow: usize, out: Vec<Batch>, ctx: Context) -> anyhow::Result<()> {
         let f = &self.flows[flow];
+        let flow_id = f.flow.index as u16;
+        let mut skipped = 0u64;
+        let mut sent = 0u64;
         for b in out {
             let encoded = f.encoder.encode(&b.data)?;
             for i in 0..encoded.len() {
-                self.sink
-                    .send(&f.sink_topic, encoded.key(i), encoded.value(i), None)?;
+                let id = record_id(flow_id, b.ids.value(i));
+                if Dedupe::seen(&mut self.dedupe, &id) {
+                    skipped += 1;
+                    continue;
+                }
+                self.sink.send(
+                    &f.sink_topic,
+                    encoded.key(i),
+                    encoded.value(i),
+                    Some(id_header(&id)),
+                )?;
+                sent += 1;
             }
-            self.counters
-                .records_out
-                .fetch_add(encoded.len() as u64, Ordering::Relaxed);
         }
+        self.counters.records_out.fetch_add(sent, Ordering::Relaxed);
+        self.counters
+            .duplicates_skipped
+            .fetch_add(skipped, Ordering::Relaxed);
         if ctx.late_rows > 0 {
             self.counters
                 .late
                 .fetch_add(ctx.late_rows, Ordering::Relaxed);
             for late in ctx.late {
-                self.dead_letter_rows(&late)?;
+                self.dead_letter_rows(flow_id, &late)?;
             }
         }
         Ok(())
     }
 
-    fn dead_letter_rows(&self, rows: &RecordBatch) -> anyhow::Result<()> {
+    /// Dead-letters rows a window found late, as JSON of the window's input.
+    fn dead_letter_rows(&mut self, flow_id: u16, rows: &Batch) -> anyhow::Result<()> {
         if self.table.dead_letter_topic.is_none() {
             return Ok(());
         }
-        let encoder = JsonEncoder::new(rows.schema(), vec![]);
-        let encoded = encoder.encode(rows)?;
+        let encoder = JsonEncoder::new(rows.data.schema(), vec![]);
+        let encoded = encoder.encode(&rows.data)?;
         for i in 0..encoded.len() {
+            let row_id = rows.ids.value(i);
+            let origin = parse_source_row_id(row_id);
             self.send_dead_letter(
+                record_id(flow_id, row_id),
                 encoded.value(i),
                 None,
                 "late: every window this row belongs to had already fired",
-                None,
+                origin,
             )?;
         }
         Ok(())
     }
 
     fn dead_letter(
-        &self,
+        &mut self,
         value: &[u8],
         key: Option<&[u8]>,
         reason: &str,
-        meta: Option<&RecordMeta>,
+        meta: &RecordMeta,
     ) -> anyhow::Result<()> {
         self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
         if self.table.dead_letter_topic.is_none() {
             if warning_due() {
                 warn!(
                     "source {}: bad record at partition {} offset {}: {reason} (no 'dead-letter.topic'; counted and dropped)",
-                    self.table.name,
-                    meta.map(|m| m.partition).unwrap_or(-1),
-                    meta.map(|m| m.offset).unwrap_or(-1)
+                    self.table.name, meta.partition, meta.offset
                 );
             }
             return Ok(());
         }
-        self.send_dead_letter(value, key, reason, meta)
+        let id = record_id(
+            DECODE_FLOW | self.settings.source_index,
+            &source_row_id(meta.partition, meta.offset),
+        );
+        self.send_dead_letter(id, value, key, reason, Some((meta.partition, meta.offset)))
     }
 
     fn send_dead_letter(
-        &self,
+        &mut self,
+        id: [u8; RECORD_ID_LEN],
         value: &[u8],
         key: Option<&[u8]>,
         reason: &str,
-        meta: Option<&RecordMeta>,
+        origin: Option<(i32, i64)>,
     ) -> anyhow::Result<()> {
         let Some(topic) = &self.table.dead_letter_topic else {
             return Ok(());
         };
-        let mut headers = OwnedHeaders::new()
+        if Dedupe::seen(&mut self.dedupe, &id) {
+            self.counters
+                .duplicates_skipped
+                .fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        let mut headers = id_header(&id)
             .insert(Header {
                 key: DLQ_REASON,
                 value: Some(reason),
@@ -520,19 +1082,26 @@ impl SourceTask {
                 key: "weir.source.topic",
                 value: Some(&self.table.topic),
             });
-        if let Some(m) = meta {
+        if let Some((partition, offset)) = origin {
             headers = headers
                 .insert(Header {
                     key: "weir.source.partition",
-                    value: Some(&m.partition.to_string()),
+                    value: Some(&partition.to_string()),
                 })
                 .insert(Header {
                     key: "weir.source.offset",
-                    value: Some(&m.offset.to_string()),
+                    value: Some(&offset.to_string()),
                 });
         }
         self.sink.send(topic, key, value, Some(headers))
     }
+}
+
+fn id_header(id: &[u8]) -> OwnedHeaders {
+    OwnedHeaders::new_with_capacity(4).insert(Header {
+        key: ID_HEADER,
+        value: Some(id),
+    })
 }
 
 /// Holds each decoded row's offset until the watermark passes the last window

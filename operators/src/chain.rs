@@ -1,6 +1,6 @@
 //! A flow's operators in order; batches and watermarks pass through them.
 
-use crate::operator::{Batch, Context, Operator};
+use crate::operator::{Batch, Context, Operator, StateAttachment};
 
 pub struct Chain {
     ops: Vec<Box<dyn Operator>>,
@@ -58,6 +58,25 @@ impl Chain {
             pending = next;
         }
         Ok(pending)
+    }
+
+    /// Positions of the operators that keep state, in chain order.
+    pub fn stateful(&self) -> Vec<usize> {
+        (0..self.ops.len())
+            .filter(|&i| self.ops[i].is_stateful())
+            .collect()
+    }
+
+    pub fn attach_state(&mut self, op: usize, state: StateAttachment) -> anyhow::Result<()> {
+        self.ops[op].attach_state(state)
+    }
+
+    /// Writes every operator's in-memory state to its store.
+    pub fn flush_state(&mut self) -> anyhow::Result<()> {
+        for op in &mut self.ops {
+            op.flush_state()?;
+        }
+        Ok(())
     }
 
     pub fn state_rows(&self) -> usize {

@@ -2,38 +2,82 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Int64Array, RecordBatch};
+use datafusion::arrow::array::{
+    Array, BooleanArray, FixedSizeBinaryArray, Int64Array, RecordBatch, UInt32Array,
+};
+use datafusion::arrow::compute::{filter, filter_record_batch, take, take_record_batch};
+use weir_state::OperatorState;
 
 /// A batch of rows plus, beside the data, the watermark each row arrived
-/// under. Windows use the latter to decide lateness row by row, so a batch
-/// gives the same result as feeding its rows one at a time.
+/// under and each row's stable identity. Windows use the former to decide
+/// lateness row by row, so a batch gives the same result as feeding its rows
+/// one at a time; sinks use the latter to recognise output a replay repeats.
 #[derive(Debug, Clone)]
 pub struct Batch {
     pub data: RecordBatch,
     pub arrival_watermark: Arc<Int64Array>,
+    /// One [`crate::ids::ROW_ID_LEN`]-byte identity per row: see [`crate::ids`].
+    pub ids: Arc<FixedSizeBinaryArray>,
 }
 
 impl Batch {
-    pub fn new(data: RecordBatch, arrival_watermark: Arc<Int64Array>) -> Self {
+    pub fn new(
+        data: RecordBatch,
+        arrival_watermark: Arc<Int64Array>,
+        ids: Arc<FixedSizeBinaryArray>,
+    ) -> Self {
         debug_assert_eq!(data.num_rows(), arrival_watermark.len());
+        debug_assert_eq!(data.num_rows(), ids.len());
         Self {
             data,
             arrival_watermark,
+            ids,
         }
     }
 
     /// A batch all of whose rows arrived under `watermark`.
-    pub fn uniform(data: RecordBatch, watermark: i64) -> Self {
+    pub fn uniform(data: RecordBatch, watermark: i64, ids: Arc<FixedSizeBinaryArray>) -> Self {
         let n = data.num_rows();
-        Self {
-            data,
-            arrival_watermark: Arc::new(Int64Array::from_value(watermark, n)),
-        }
+        Self::new(data, Arc::new(Int64Array::from_value(watermark, n)), ids)
     }
 
     pub fn num_rows(&self) -> usize {
         self.data.num_rows()
     }
+
+    /// The same rows with different columns.
+    pub fn with_data(self, data: RecordBatch) -> Self {
+        Self::new(data, self.arrival_watermark, self.ids)
+    }
+
+    /// The rows `mask` selects.
+    pub fn filter(&self, mask: &BooleanArray) -> anyhow::Result<Self> {
+        Ok(Self::new(
+            filter_record_batch(&self.data, mask)?,
+            Arc::new(downcast(filter(self.arrival_watermark.as_ref(), mask)?)),
+            Arc::new(downcast(filter(self.ids.as_ref(), mask)?)),
+        ))
+    }
+
+    /// The rows at `indices`.
+    pub fn take(&self, indices: &UInt32Array) -> anyhow::Result<Self> {
+        Ok(Self::new(
+            take_record_batch(&self.data, indices)?,
+            Arc::new(downcast(take(
+                self.arrival_watermark.as_ref(),
+                indices,
+                None,
+            )?)),
+            Arc::new(downcast(take(self.ids.as_ref(), indices, None)?)),
+        ))
+    }
+}
+
+fn downcast<T: Array + Clone + 'static>(a: Arc<dyn Array>) -> T {
+    a.as_any()
+        .downcast_ref::<T>()
+        .expect("filter and take keep the array type")
+        .clone()
 }
 
 /// Side outputs and counters an operator reports while it runs.
@@ -41,8 +85,19 @@ impl Batch {
 pub struct Context {
     /// Rows that arrived after every window they belong to had fired, as they
     /// were at the window's input.
-    pub late: Vec<RecordBatch>,
+    pub late: Vec<Batch>,
     pub late_rows: u64,
+}
+
+/// What a stateful operator is given to keep its state durable.
+pub struct StateAttachment {
+    /// The operator's column family in the task's store, restored to the last
+    /// checkpoint.
+    pub store: OperatorState,
+    /// The watermark up to which the operator had fired at that checkpoint.
+    pub fired_through: i64,
+    /// Memory the operator may hold before it writes state to the store.
+    pub memory_budget: usize,
 }
 
 pub trait Operator: Send {
@@ -66,7 +121,23 @@ pub trait Operator: Send {
         Ok(())
     }
 
-    /// Rows held in state (open windows), for metrics.
+    /// Whether the operator keeps state across batches.
+    fn is_stateful(&self) -> bool {
+        false
+    }
+
+    /// Hands a stateful operator its store; it picks up what the store holds.
+    fn attach_state(&mut self, _state: StateAttachment) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    /// Writes what the operator holds only in memory to its store, ahead of a
+    /// checkpoint.
+    fn flush_state(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    /// Groups held in open windows, for metrics.
     fn state_rows(&self) -> usize {
         0
     }

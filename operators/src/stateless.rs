@@ -3,10 +3,8 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{
-    Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, new_null_array,
-};
-use datafusion::arrow::compute::{filter, filter_record_batch, prep_null_mask_filter};
+use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, new_null_array};
+use datafusion::arrow::compute::prep_null_mask_filter;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::physical_expr::PhysicalExpr;
 
@@ -45,14 +43,7 @@ impl Operator for FilterOp {
             out.push(batch);
             return Ok(());
         }
-        let data = filter_record_batch(&batch.data, &mask)?;
-        let wm = filter(batch.arrival_watermark.as_ref(), &mask)?;
-        let wm = wm
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .expect("filter keeps the array type")
-            .clone();
-        out.push(Batch::new(data, Arc::new(wm)));
+        out.push(batch.filter(&mask)?);
         Ok(())
     }
 }
@@ -80,7 +71,7 @@ impl Operator for ProjectOp {
             .map(|e| e.evaluate(&batch.data).and_then(|v| v.into_array(n)))
             .collect::<datafusion::common::Result<Vec<ArrayRef>>>()?;
         let data = RecordBatch::try_new(self.schema.clone(), columns)?;
-        out.push(Batch::new(data, batch.arrival_watermark));
+        out.push(batch.with_data(data));
         Ok(())
     }
 }
@@ -108,7 +99,7 @@ impl Operator for WindowColumnsOp {
             columns.push(new_null_array(f.data_type(), n));
         }
         let data = RecordBatch::try_new(self.schema.clone(), columns)?;
-        out.push(Batch::new(data, batch.arrival_watermark));
+        out.push(batch.with_data(data));
         Ok(())
     }
 }

@@ -73,6 +73,33 @@ impl WatermarkTracker {
         self.current
     }
 
+    /// Per partition that has seen data, the highest event time seen: what a
+    /// checkpoint records to restore the watermark.
+    pub fn max_event_times(&self) -> impl Iterator<Item = (usize, i64)> + '_ {
+        self.partitions
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.max_event_time != START_OF_TIME)
+            .map(|(i, p)| (i, p.max_event_time))
+    }
+
+    /// Restores what a checkpoint recorded: per partition the highest event
+    /// time seen, and the watermark reached (it never goes back).
+    pub fn restore(
+        &mut self,
+        max_event_times: impl IntoIterator<Item = (usize, i64)>,
+        watermark: i64,
+        now: Instant,
+    ) {
+        for (p, t) in max_event_times {
+            if let Some(state) = self.partitions.get_mut(p) {
+                state.max_event_time = state.max_event_time.max(t);
+            }
+        }
+        self.current = self.current.max(watermark);
+        self.recompute(now);
+    }
+
     /// Re-evaluates idleness; call periodically.
     pub fn tick(&mut self, now: Instant) -> i64 {
         self.recompute(now);

@@ -67,6 +67,10 @@ pub struct KafkaTable {
     pub dead_letter_topic: Option<String>,
     pub key_fields: Vec<Spanned<String>>,
     pub delivery: DeliveryGuarantee,
+    /// `'sink.transactional' = 'true'`: the writing task wraps each checkpoint
+    /// interval's output, changelog records and input offsets in one Kafka
+    /// transaction.
+    pub transactional: bool,
     /// Partitions to create the topic with when it does not exist.
     pub partitions: Option<i32>,
     /// After this long without records a partition stops holding the watermark back.
@@ -129,6 +133,7 @@ pub const TABLE_OPTIONS: &[&str] = &[
     "key.fields",
     "dead-letter.topic",
     "sink.delivery-guarantee",
+    "sink.transactional",
     "topic.partitions",
     "json.timestamp-format.standard",
     "embedded.generator",
@@ -141,6 +146,9 @@ pub const SETTINGS: &[&str] = &[
     "execution.batch-size",
     "execution.linger",
     "table.exec.source.idle-timeout",
+    "state.dir",
+    "state.cache.size",
+    "state.changelog",
 ];
 
 /// The closest of `candidates` to `word`, if it is close enough to be a typo.
@@ -191,6 +199,49 @@ pub fn check_setting(key: &Spanned<String>) -> LResult<()> {
     } else {
         Err(unknown("setting", key, SETTINGS))
     }
+}
+
+/// Checks a setting's value where its form is known (durations, sizes, counts).
+pub fn check_setting_value(key: &str, value: &Spanned<String>) -> LResult<()> {
+    let v = value.value.as_str();
+    let ok = match key {
+        "checkpoint.interval" | "execution.linger" | "table.exec.source.idle-timeout" => {
+            parse_duration_ms(v).is_some()
+        }
+        "state.cache.size" => parse_size_bytes(v).is_some(),
+        "state.changelog" => matches!(v, "true" | "false"),
+        "execution.batch-size" => v.trim().parse::<usize>().is_ok_and(|n| n > 0),
+        _ => true,
+    };
+    if ok {
+        return Ok(());
+    }
+    let expected = match key {
+        "state.cache.size" => "a size such as '64mb', '1gb' or '1048576'",
+        "execution.batch-size" => "a positive number of rows",
+        "state.changelog" => "'true' or 'false'",
+        _ => "a duration such as '500ms', '10s', '1 min' or '2h'",
+    };
+    Err(Located::new(
+        value.pos,
+        format!("invalid value '{v}' for setting '{key}': expected {expected}"),
+    ))
+}
+
+/// Parses a size such as `64mb`, `1 GiB`, `512kb` or a plain byte count.
+pub fn parse_size_bytes(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult)
 }
 
 /// Parses a duration such as `10s`, `500ms`, `1 min`, `2h`.
@@ -395,6 +446,7 @@ pub fn build_table(
         "exactly-once" => DeliveryGuarantee::ExactlyOnce,
         _ => DeliveryGuarantee::AtLeastOnce,
     };
+    let transactional = one_of("sink.transactional", &["true", "false"], "false")? == "true";
     one_of(
         "json.timestamp-format.standard",
         &["ISO-8601", "SQL"],
@@ -495,6 +547,7 @@ pub fn build_table(
         idle_timeout_ms,
         embedded_generator: get("embedded.generator").map(|v| v.value.clone()),
         embedded_generator_rate,
+        transactional,
     })
 }
 
@@ -510,6 +563,14 @@ mod tests {
         );
         assert_eq!(did_you_mean("conector", TABLE_OPTIONS), Some("connector"));
         assert_eq!(did_you_mean("zzzzzzzzzzzzzzzzzz", TABLE_OPTIONS), None);
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size_bytes("64mb"), Some(64 << 20));
+        assert_eq!(parse_size_bytes("1 GiB"), Some(1 << 30));
+        assert_eq!(parse_size_bytes("4096"), Some(4096));
+        assert_eq!(parse_size_bytes("lots"), None);
     }
 
     #[test]

@@ -34,7 +34,8 @@ use datafusion::sql::sqlparser::parser::{Parser, ParserError};
 use datafusion::sql::sqlparser::tokenizer::Token;
 
 use crate::catalog::{
-    KafkaTable, ModelDef, ModelInspector, build_columns, build_table, check_setting, did_you_mean,
+    KafkaTable, ModelDef, ModelInspector, build_columns, build_table, check_setting,
+    check_setting_value, did_you_mean,
 };
 use crate::error::{LResult, Located, PlanError, Pos};
 use crate::plan::{Flow, GroupKey, PipelinePlan, Stage, WindowAggregate};
@@ -241,6 +242,13 @@ impl<'a> Planner<'a> {
                     check_setting(&key)?;
                     let v = substitute(&value.value, self.env)
                         .map_err(|m| Located::new(value.pos, m))?;
+                    check_setting_value(
+                        &key.value,
+                        &crate::statement::Spanned {
+                            value: v.clone(),
+                            pos: value.pos,
+                        },
+                    )?;
                     self.settings.insert(key.value, v);
                 }
                 Statement::CreateTable {

@@ -168,11 +168,37 @@ impl Record {
 }
 
 pub fn produce(brokers: &str, topic: &str, records: &[Record]) -> anyhow::Result<()> {
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+    produce_with(brokers, topic, records, &[("linger.ms", "5")])
+}
+
+/// Produces each record in a record batch of its own.
+///
+/// tansu answers a fetch from an offset inside a record batch with the *next*
+/// batch, skipping the rest of the one asked for; input that a test resumes
+/// from arbitrary offsets (checkpoints, crashes) must not share batches.
+pub fn produce_unbatched(brokers: &str, topic: &str, records: &[Record]) -> anyhow::Result<()> {
+    produce_with(
+        brokers,
+        topic,
+        records,
+        &[("linger.ms", "0"), ("batch.num.messages", "1")],
+    )
+}
+
+fn produce_with(
+    brokers: &str,
+    topic: &str,
+    records: &[Record],
+    settings: &[(&str, &str)],
+) -> anyhow::Result<()> {
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", brokers)
-        .set("linger.ms", "5")
-        .set("enable.idempotence", "true")
-        .create()?;
+        .set("enable.idempotence", "true");
+    for (k, v) in settings {
+        config.set(*k, *v);
+    }
+    let producer: ThreadedProducer<DefaultProducerContext> = config.create()?;
     for r in records {
         let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).payload(&r.value[..]);
         if let Some(k) = &r.key {
@@ -198,8 +224,21 @@ pub fn produce(brokers: &str, topic: &str, records: &[Record]) -> anyhow::Result
             }
         }
     }
-    producer.flush(Duration::from_secs(30))?;
-    Ok(())
+    // Unbatched input to tansu goes at a few thousand records a second: wait
+    // as long as the queue keeps draining.
+    let mut left = producer.in_flight_count();
+    loop {
+        match producer.flush(Duration::from_secs(30)) {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                let now = producer.in_flight_count();
+                if now >= left {
+                    bail!("producing to {topic}: {e} ({now} records still in flight)");
+                }
+                left = now;
+            }
+        }
+    }
 }
 
 /// A record read back.

@@ -37,7 +37,7 @@ fn the_run_continues_when_the_broker_returns() {
     let b = broker.brokers.clone();
     create_topic(&b, "bo-in", 1).unwrap();
     create_topic(&b, "bo-out", 1).unwrap();
-    let (_dir, path) = pipeline_file(&format!(
+    let (dir, path) = pipeline_file(&format!(
         r#"
 SET 'checkpoint.interval' = '200ms';
 CREATE TABLE tx (id BIGINT) WITH ('connector' = 'kafka', 'topic' = 'bo-in', 'format' = 'json',
@@ -51,12 +51,14 @@ INSERT INTO out SELECT id FROM tx;
     let run = {
         let loaded = load_pipeline(&path, &|_| None).unwrap();
         let stop = stop.clone();
+        let state_dir = dir.path().join("state");
         std::thread::spawn(move || {
             run_pipeline(
                 loaded,
                 RunOptions {
                     stop,
                     print: Some(false),
+                    state_dir: Some(state_dir),
                     ..Default::default()
                 },
             )

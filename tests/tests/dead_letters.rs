@@ -32,7 +32,7 @@ fn bad_records_reach_the_dead_letter_topic_with_their_origin() {
     ];
     produce(b, "dl-in", &records).unwrap();
 
-    let (_dir, path) = pipeline_file(
+    let (dir, path) = pipeline_file(
         &r#"
 CREATE TABLE tx (card_id TEXT, amount DOUBLE, ts TIMESTAMP(3), WATERMARK FOR ts AS ts)
 WITH ('connector' = 'kafka', 'topic' = 'dl-in', 'format' = 'json',
@@ -52,6 +52,7 @@ FROM TABLE(TUMBLE(TABLE tx, DESCRIPTOR(ts), INTERVAL '1' MINUTE)) GROUP BY card_
         load_pipeline(&path, &|_| None).unwrap(),
         RunOptions {
             print: Some(false),
+            state_dir: Some(dir.path().join("state")),
             ..Default::default()
         },
     )

@@ -1,7 +1,9 @@
-//! At-least-once delivery: offsets are committed only after output is
-//! acknowledged, so a second run of the same pipeline from its group's
-//! offsets neither repeats nor skips input.
+//! Delivery across restarts: a second run resumes from the first one's last
+//! checkpoint (or, without local state, from the group's committed offsets),
+//! so it neither repeats nor skips input, and a window open at a graceful stop
+//! is whole after the restart.
 
+use std::path::Path;
 use std::time::Duration;
 
 use weir::{RunOptions, load_pipeline, run_pipeline};
@@ -22,42 +24,58 @@ fn events(from: usize, to: usize) -> Vec<Record> {
 }
 
 #[test]
-fn a_second_run_resumes_from_committed_offsets() {
+fn a_second_run_resumes_from_the_checkpoint() {
+    resume("dv-cp", false);
+}
+
+/// Without the first run's state directory, the group's offsets say where to go on.
+#[test]
+fn a_second_run_without_state_resumes_from_committed_offsets() {
+    resume("dv-go", true);
+}
+
+fn resume(prefix: &str, fresh_state: bool) {
     let broker = Tansu::start().unwrap();
     let b = &broker.brokers;
-    create_topic(b, "dv-in", 3).unwrap();
-    produce(b, "dv-in", &events(0, 300)).unwrap();
-    let (_dir, path) = pipeline_file(&format!(
+    let input = format!("{prefix}-in");
+    let output = format!("{prefix}-out");
+    create_topic(b, &input, 3).unwrap();
+    produce(b, &input, &events(0, 300)).unwrap();
+    let (dir, path) = pipeline_file(&format!(
         r#"
 SET 'checkpoint.interval' = '100ms';
-CREATE TABLE tx (id BIGINT, ts TIMESTAMP(3)) WITH ('connector' = 'kafka', 'topic' = 'dv-in',
+CREATE TABLE tx (id BIGINT, ts TIMESTAMP(3)) WITH ('connector' = 'kafka', 'topic' = '{input}',
   'format' = 'json', 'properties.bootstrap.servers' = '{b}',
   'scan.startup.mode' = 'group-offsets', 'scan.bounded.mode' = 'latest-offset');
-CREATE TABLE out WITH ('connector' = 'kafka', 'topic' = 'dv-out', 'format' = 'json',
+CREATE TABLE out WITH ('connector' = 'kafka', 'topic' = '{output}', 'format' = 'json',
   'properties.bootstrap.servers' = '{b}');
 INSERT INTO out SELECT id, id * 2 AS twice FROM tx;
 "#
     ));
-    let run = || {
+    let run = |state: &Path| {
         run_pipeline(
             load_pipeline(&path, &|_| None).unwrap(),
             RunOptions {
                 print: Some(false),
-                group_id: Some("dv-group".into()),
+                group_id: Some(format!("{prefix}-group")),
+                state_dir: Some(state.to_owned()),
                 ..Default::default()
             },
         )
         .unwrap()
     };
-    assert_eq!(run().total().records_in, 300);
-    produce(b, "dv-in", &events(300, 450)).unwrap();
+    assert_eq!(run(&dir.path().join("state")).total().records_in, 300);
+    produce(b, &input, &events(300, 450)).unwrap();
+    let second_state = dir
+        .path()
+        .join(if fresh_state { "fresh-state" } else { "state" });
     assert_eq!(
-        run().total().records_in,
+        run(&second_state).total().records_in,
         150,
         "the second run reads only the new records"
     );
 
-    let mut ids: Vec<i64> = read_json(b, "dv-out")
+    let mut ids: Vec<i64> = read_json(b, &output)
         .iter()
         .map(|v| v["id"].as_i64().unwrap())
         .collect();
@@ -81,14 +99,27 @@ fn window_counts(brokers: &str, topic: &str) -> std::collections::BTreeMap<Strin
         .collect()
 }
 
-/// A graceful stop in the middle of a window, then a restart from the group's
-/// offsets: the rows the open window held are replayed, so its result is whole.
+/// A graceful stop in the middle of a window, then a restart: from the
+/// checkpoint, the open window's state is restored; from the group's offsets
+/// (no state), its rows are replayed. Either way its result is whole, and no
+/// result is written twice.
 #[test]
 fn a_window_open_at_stop_is_complete_after_restart() {
+    window_across_restart("dw-cp", false);
+}
+
+#[test]
+fn a_window_open_at_stop_is_complete_after_restart_without_state() {
+    window_across_restart("dw-go", true);
+}
+
+fn window_across_restart(prefix: &str, fresh_state: bool) {
     let broker = Tansu::start().unwrap();
     let b = broker.brokers.clone();
-    create_topic(&b, "dw-in", 1).unwrap();
-    create_topic(&b, "dw-out", 1).unwrap();
+    let input = format!("{prefix}-in");
+    let output = format!("{prefix}-out");
+    create_topic(&b, &input, 1).unwrap();
+    create_topic(&b, &output, 1).unwrap();
     let at = |secs: i64| {
         Record::value(format!(
             r#"{{"ts":{}}}"#,
@@ -102,33 +133,35 @@ fn a_window_open_at_stop_is_complete_after_restart() {
     // the one it asked for, so resuming mid-batch would lose records there.
     let produce_each = |records: Vec<Record>| {
         for r in records {
-            produce(&b, "dw-in", &[r]).unwrap();
+            produce(&b, &input, &[r]).unwrap();
         }
     };
     produce_each(vec![at(1), at(2), at(3), at(61), at(62)]);
-    let (_dir, path) = pipeline_file(&format!(
+    let (dir, path) = pipeline_file(&format!(
         r#"
 SET 'checkpoint.interval' = '100ms';
 CREATE TABLE tx (ts TIMESTAMP(3), WATERMARK FOR ts AS ts) WITH ('connector' = 'kafka',
-  'topic' = 'dw-in', 'format' = 'json', 'properties.bootstrap.servers' = '{b}',
+  'topic' = '{input}', 'format' = 'json', 'properties.bootstrap.servers' = '{b}',
   'scan.startup.mode' = 'group-offsets');
-CREATE TABLE out WITH ('connector' = 'kafka', 'topic' = 'dw-out', 'format' = 'json',
+CREATE TABLE out WITH ('connector' = 'kafka', 'topic' = '{output}', 'format' = 'json',
   'properties.bootstrap.servers' = '{b}');
 INSERT INTO out SELECT window_end, count(*) AS n
 FROM TABLE(TUMBLE(TABLE tx, DESCRIPTOR(ts), INTERVAL '1' MINUTE)) GROUP BY window_start, window_end;
 "#
     ));
-    let start = |path: &std::path::Path| {
-        let loaded = load_pipeline(path, &|_| None).unwrap();
+    let start = |state: std::path::PathBuf| {
+        let loaded = load_pipeline(&path, &|_| None).unwrap();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let s = stop.clone();
+        let group = format!("{prefix}-group");
         let handle = std::thread::spawn(move || {
             run_pipeline(
                 loaded,
                 RunOptions {
                     stop: s,
                     print: Some(false),
-                    group_id: Some("dw-group".into()),
+                    group_id: Some(group),
+                    state_dir: Some(state),
                 },
             )
         });
@@ -136,12 +169,12 @@ FROM TABLE(TUMBLE(TABLE tx, DESCRIPTOR(ts), INTERVAL '1' MINUTE)) GROUP BY windo
     };
     let wait_for_windows = |n: usize| {
         wait_for(Duration::from_secs(60), || {
-            let counts = window_counts(&b, "dw-out");
+            let counts = window_counts(&b, &output);
             (counts.len() >= n, counts)
         })
     };
 
-    let (stop, run) = start(&path);
+    let (stop, run) = start(dir.path().join("state"));
     let first = wait_for_windows(1);
     assert_eq!(
         first.values().copied().collect::<Vec<_>>(),
@@ -153,15 +186,23 @@ FROM TABLE(TUMBLE(TABLE tx, DESCRIPTOR(ts), INTERVAL '1' MINUTE)) GROUP BY windo
     run.join().unwrap().unwrap();
 
     produce_each(vec![at(70), at(80), at(130)]);
-    let (stop, run) = start(&path);
+    let (stop, run) = start(
+        dir.path()
+            .join(if fresh_state { "fresh-state" } else { "state" }),
+    );
     let counts = wait_for_windows(2);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     run.join().unwrap().unwrap();
     assert_eq!(
+        read_all(&b, &output, Duration::from_secs(5)).unwrap().len(),
+        2,
+        "one result per window: nothing repeated after a graceful stop"
+    );
+    assert_eq!(
         counts.values().copied().collect::<Vec<_>>(),
         vec![3, 4],
         "the second window holds the rows from before and after the stop: {counts:?} {:?}",
-        read_all(&b, "dw-out", Duration::from_secs(5))
+        read_all(&b, &output, Duration::from_secs(5))
             .unwrap()
             .iter()
             .map(|r| String::from_utf8_lossy(&r.value).into_owned())

@@ -106,12 +106,14 @@ fn run_case(case: &Path, brokers: &str) -> anyhow::Result<()> {
         });
     }
     let case_name = case.file_name().unwrap().to_string_lossy().to_string();
+    let state = tempfile::tempdir()?;
     let summary = run_pipeline(
         loaded,
         RunOptions {
             stop: stop.clone(),
             print: Some(false),
             group_id: Some(format!("golden-{case_name}")),
+            state_dir: Some(state.path().to_owned()),
         },
     )?;
     stop.store(true, Ordering::Relaxed);
