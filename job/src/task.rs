@@ -634,14 +634,36 @@ impl SourceTask {
         let exactly_once = self.flows.iter().any(|f| f.exactly_once);
         if exactly_once {
             if restored.is_some() {
+                // A record's guarantee is its flow's: only exactly-once flows
+                // (and dead letters of undecodable input, which belong to no
+                // flow) skip what a crashed run wrote.
+                let eo_flows: HashSet<u16> = self
+                    .flows
+                    .iter()
+                    .filter(|f| f.exactly_once)
+                    .map(|f| f.flow.index as u16)
+                    .collect();
+                let mut eo_topics: Vec<&String> = self
+                    .flows
+                    .iter()
+                    .filter(|f| f.exactly_once)
+                    .map(|f| &f.sink_topic)
+                    .collect();
+                eo_topics.extend(self.table.dead_letter_topic.as_ref());
                 let scan_from: BTreeMap<String, BTreeMap<i32, i64>> = sink_positions
                     .iter()
-                    .filter(|(t, _)| outputs.contains(t))
+                    .filter(|(t, _)| eo_topics.contains(t))
                     .map(|(t, p)| (t.clone(), p.clone()))
                     .collect();
                 let started = Instant::now();
-                let (ids, records) =
+                let (mut ids, records) =
                     read_output_ids(self.sink.bootstrap(), &scan_from, Duration::from_secs(120))?;
+                ids.retain(|id| {
+                    id.len() == RECORD_ID_LEN && {
+                        let flow = u16::from_be_bytes([id[0], id[1]]);
+                        flow & DECODE_FLOW != 0 || eo_flows.contains(&flow)
+                    }
+                });
                 info!(
                     "source {}: {records} output records follow the checkpoint ({} ids to skip; read in {} ms)",
                     table.name,
@@ -983,7 +1005,7 @@ impl SourceTask {
             let encoded = f.encoder.encode(&b.data)?;
             for i in 0..encoded.len() {
                 let id = record_id(flow_id, b.ids.value(i));
-                if Dedupe::seen(&mut self.dedupe, &id) {
+                if f.exactly_once && Dedupe::seen(&mut self.dedupe, &id) {
                     skipped += 1;
                     continue;
                 }

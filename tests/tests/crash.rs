@@ -1,12 +1,14 @@
 //! Crash recovery under fault injection, against tansu over TCP.
 //!
-//! A bounded pipeline (HOP window features + predict, and a per-event flow,
-//! both exactly-once, with a dead-letter topic) runs over 100k+ transactions
-//! with malformed and late records mixed in. The harness kills the `weir`
-//! process again and again (SIGKILL after a seed-chosen delay, or an injected
-//! abort at a seed-chosen checkpoint step: `WEIR_FAULT`), restarting it each
-//! time, until a run finishes. Then every output topic must hold exactly the
-//! records an uninterrupted run wrote, as a multiset of (key, value); window
+//! A bounded pipeline (HOP window features + predict and a per-event flow,
+//! both exactly-once; a per-event at-least-once flow; a dead-letter topic)
+//! runs over 100k+ transactions with malformed and late records mixed in. The
+//! harness kills the `weir` process again and again (SIGKILL after a
+//! seed-chosen delay, or an injected abort at a seed-chosen checkpoint step:
+//! `WEIR_FAULT`), restarting it each time, until a run finishes. Then every
+//! exactly-once topic must hold exactly the records an uninterrupted run
+//! wrote, as a multiset of (key, value), and the at-least-once topic all of
+//! them plus only byte-identical repeats; window
 //! results are matched by (card, window) and their floating-point aggregates
 //! to 1e-9 relative, because where a checkpoint splits a pane's accumulation
 //! (DOUBLE addition is not associative) differs from run to run.
@@ -107,6 +109,8 @@ CREATE TABLE card_scores WITH ('connector' = 'kafka', 'topic' = '${{OUT}}-scores
   'sink.delivery-guarantee' = 'exactly-once');
 CREATE TABLE big WITH ('connector' = 'kafka', 'topic' = '${{OUT}}-big', 'format' = 'json',
   'properties.bootstrap.servers' = '${{BROKERS}}', 'sink.delivery-guarantee' = 'exactly-once');
+CREATE TABLE alo WITH ('connector' = 'kafka', 'topic' = '${{OUT}}-alo', 'format' = 'json',
+  'properties.bootstrap.servers' = '${{BROKERS}}', 'key.fields' = 'card_id');
 CREATE MODEL fraud WITH ('path' = '{}');
 CREATE VIEW card_features AS
 SELECT card_id, window_start, window_end, count(*) AS n, avg(amount) AS avg_amount,
@@ -119,6 +123,7 @@ SELECT card_id, window_end, n, avg_amount, max_amount,
        predict(fraud, n, avg_amount, max_amount, sd_amount, n_merchants) AS p_fraud
 FROM card_features;
 INSERT INTO big SELECT card_id, amount, ts FROM transactions WHERE amount > 300;
+INSERT INTO alo SELECT card_id, merchant, amount, ts FROM transactions WHERE amount > 200;
 "#,
         model.display()
     );
@@ -382,5 +387,28 @@ fn exactly_once_output_survives_repeated_crashes() {
         );
         sizes.insert(topic, reference.len());
     }
-    println!("exact after {} crashes: {sizes:?}", crashes.len());
+    // At-least-once: everything the uninterrupted run wrote, and every extra
+    // record a byte-identical copy of one of those.
+    let reference = contents(b, "ref-alo");
+    let crashed = contents(b, "cr-alo");
+    assert!(!reference.is_empty());
+    let mut extra = crashed.clone();
+    for r in &reference {
+        let at = extra
+            .binary_search(r)
+            .unwrap_or_else(|_| panic!("alo: {r:?} missing after crashes (seed {seed})"));
+        extra.remove(at);
+    }
+    for e in &extra {
+        assert!(
+            reference.binary_search(e).is_ok(),
+            "alo: {e:?} is not a copy of any record of the uninterrupted run (seed {seed})"
+        );
+    }
+    sizes.insert("alo", reference.len());
+    println!(
+        "exact after {} crashes: {sizes:?}; at-least-once wrote {} repeats",
+        crashes.len(),
+        extra.len()
+    );
 }
