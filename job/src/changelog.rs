@@ -67,6 +67,8 @@ pub struct Changelog {
     /// Keys of records no longer needed, deleted at the next checkpoint.
     garbage: Vec<String>,
     force_snapshot: bool,
+    /// This run's last commit record: (checkpoint id, key).
+    last_commit: Option<(u64, String)>,
 }
 
 impl Changelog {
@@ -88,6 +90,7 @@ impl Changelog {
             force_snapshot: chain.is_empty(),
             chain,
             garbage,
+            last_commit: None,
         }
     }
 
@@ -194,6 +197,13 @@ impl Changelog {
         let key = commit_key(meta.id, self.run);
         sink.send_to(&self.topic, self.partition, key.as_bytes(), Some(&value))?;
         let chain = meta.changelog.clone().unwrap_or_default();
+        // The previous commit record is needed only while its checkpoint is a
+        // link of the chain (a checkpoint that changed nothing is not).
+        if let Some((id, prev)) = self.last_commit.replace((meta.id, key))
+            && !chain.iter().any(|l| l.id == id && l.run == self.run)
+        {
+            self.garbage.push(prev);
+        }
         if chain.first().is_some_and(|l| l.snapshot && l.id == meta.id) {
             // A new snapshot: the previous chain can go (after this commit is durable).
             for l in &self.chain {
