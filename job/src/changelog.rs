@@ -25,8 +25,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::warn;
@@ -289,15 +288,7 @@ fn read(
     from: Offset,
     timeout: Duration,
 ) -> anyhow::Result<Read> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", "weir-changelog-restore")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .set("fetch.wait.max.ms", "10")
-        .set("socket.connection.setup.timeout.ms", "10000")
-        .create()
-        .context("creating the changelog consumer")?;
+    let consumer = crate::kafka::scan_consumer(bootstrap, "weir-changelog-restore")?;
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, partition, from)?;
     consumer.assign(&tpl)?;

@@ -150,6 +150,20 @@ pub fn ensure_topic_with(
     )
 }
 
+/// A consumer for reading assigned partitions to their end once (no commits,
+/// end-of-partition events on, short fetch waits for tansu).
+pub fn scan_consumer(bootstrap: &str, group: &str) -> anyhow::Result<BaseConsumer> {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("fetch.wait.max.ms", "10")
+        .set("socket.connection.setup.timeout.ms", "10000")
+        .create()
+        .with_context(|| format!("creating the {group} consumer"))
+}
+
 /// The header carrying each output record's stable identity.
 pub const ID_HEADER: &str = "weir.id";
 
@@ -168,15 +182,7 @@ pub fn read_output_ids(
     if from.values().all(|p| p.is_empty()) {
         return Ok((ids, 0));
     }
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", "weir-output-scan")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .set("fetch.wait.max.ms", "10")
-        .set("socket.connection.setup.timeout.ms", "10000")
-        .create()
-        .context("creating the output-scan consumer")?;
+    let consumer = scan_consumer(bootstrap, "weir-output-scan")?;
     let deadline = std::time::Instant::now() + timeout;
     // One topic at a time: end-of-partition events name no topic.
     for (topic, partitions) in from {
