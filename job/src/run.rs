@@ -482,9 +482,14 @@ fn state_fingerprint(source: &KafkaTable, flows: &[FlowRuntime]) -> String {
             h.update(&(op as u64).to_be_bytes());
         }
         for stage in &f.flow.stages {
-            if let weir_sql::Stage::WindowAggregate(w) = stage {
-                h.update(format!("{w:?}").as_bytes());
-            }
+            match stage {
+                weir_sql::Stage::WindowAggregate(w) => h.update(format!("{w:?}").as_bytes()),
+                // Not the TTL: changing it keeps the state valid.
+                weir_sql::Stage::Over(o) => h.update(
+                    format!("over {:?} {:?} {}", o.partition_by, o.calls, o.time_column).as_bytes(),
+                ),
+                _ => &mut h,
+            };
         }
     }
     h.finalize().to_hex()[..32].to_string()

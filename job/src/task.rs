@@ -695,13 +695,17 @@ impl SourceTask {
             fired_through: fired_from,
             sink_positions,
         };
-        // Windows whose rows must stay uncommitted (in the group) until they fire.
-        let windows: Vec<Assigner> = self
+        // Stateful stages whose rows must stay uncommitted (in the group) until
+        // the watermark passes what they need them for.
+        let windows: Vec<Hold> = self
             .flows
             .iter()
             .flat_map(|f| f.flow.stages.iter())
             .filter_map(|s| match s {
-                Stage::WindowAggregate(w) => Some(Assigner::new(w.kind, w.offset_ms)),
+                Stage::WindowAggregate(w) => Some(Hold::Window(Assigner::new(w.kind, w.offset_ms))),
+                Stage::Over(o) => Some(Hold::Over {
+                    horizon_ms: o.range_horizon_ms().unwrap_or(0),
+                }),
                 _ => None,
             })
             .collect();
@@ -1026,15 +1030,15 @@ impl SourceTask {
             self.counters
                 .late
                 .fetch_add(ctx.late_rows, Ordering::Relaxed);
-            for late in ctx.late {
-                self.dead_letter_rows(flow_id, &late)?;
+            for (late, reason) in ctx.late {
+                self.dead_letter_rows(flow_id, &late, reason)?;
             }
         }
         Ok(())
     }
 
     /// Dead-letters rows a window found late, as JSON of the window's input.
-    fn dead_letter_rows(&mut self, flow_id: u16, rows: &Batch) -> anyhow::Result<()> {
+    fn dead_letter_rows(&mut self, flow_id: u16, rows: &Batch, reason: &str) -> anyhow::Result<()> {
         if self.table.dead_letter_topic.is_none() {
             return Ok(());
         }
@@ -1047,7 +1051,7 @@ impl SourceTask {
                 record_id(flow_id, row_id),
                 encoded.value(i),
                 None,
-                "late: every window this row belongs to had already fired",
+                reason,
                 origin,
             )?;
         }
@@ -1126,13 +1130,30 @@ fn id_header(id: &[u8]) -> OwnedHeaders {
     })
 }
 
-/// Holds each decoded row's offset until the watermark passes the last window
-/// it can be in, so a restart replays what open windows held.
+/// What a stateful stage needs a row for, in event time.
+enum Hold {
+    /// Until the last window the row is in fires.
+    Window(Assigner),
+    /// Until no later row's frame reaches it (ROWS frames: until it is emitted).
+    Over { horizon_ms: i64 },
+}
+
+impl Hold {
+    fn until(&self, ts: i64) -> i64 {
+        match self {
+            Hold::Window(w) => w.last_start(ts).saturating_add(w.size() - 1),
+            Hold::Over { horizon_ms } => ts.saturating_add(*horizon_ms),
+        }
+    }
+}
+
+/// Holds each decoded row's offset until the watermark passes the last moment
+/// a stateful stage needs it, so a restart without state replays what it held.
 fn hold_windowed_rows(
     decoded: &Decoded,
     time_column: usize,
     metas: &[RecordMeta],
-    windows: &[Assigner],
+    windows: &[Hold],
     fired_through: i64,
     held: &mut HeldOffsets,
 ) {
@@ -1144,7 +1165,7 @@ fn hold_windowed_rows(
         let ts = times.value(r);
         let until = windows
             .iter()
-            .map(|w| w.last_start(ts).saturating_add(w.size() - 1))
+            .map(|w| w.until(ts))
             .max()
             .unwrap_or(i64::MIN);
         if until > fired_through {

@@ -19,6 +19,8 @@ use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
 use datafusion::physical_expr::{PhysicalExpr, create_physical_expr};
 use weir_sql::{Flow, GroupKey, Stage, predict_model};
 
+use crate::over::{OverAggregateOp, OverCallSpec};
+
 use crate::chain::Chain;
 use crate::operator::Operator;
 use crate::predict::{BoundPredict, Model};
@@ -181,6 +183,35 @@ pub fn build_chain(flow: &Flow, models: &HashMap<String, Arc<Model>>) -> anyhow:
                     aggregates,
                     columns,
                     nullable(w.output.as_arrow()),
+                )?));
+            }
+            Stage::Over(o) => {
+                let mut key_exprs = Vec::new();
+                let mut key_types = Vec::new();
+                for e in &o.partition_by {
+                    key_types.push(e.get_type(&o.input)?);
+                    key_exprs.push(physical(e, &o.input, models)?);
+                }
+                let n_in = o.input.fields().len();
+                let mut calls = Vec::new();
+                for (i, c) in o.calls.iter().enumerate() {
+                    calls.push(OverCallSpec {
+                        function: c.function,
+                        arg: physical(&c.arg, &o.input, models)?,
+                        arg_type: c.arg.get_type(&o.input)?,
+                        distinct: c.distinct,
+                        frame: c.frame,
+                        output_type: o.output.field(n_in + i).data_type().clone(),
+                    });
+                }
+                ops.push(Box::new(OverAggregateOp::new(
+                    key_exprs,
+                    key_types,
+                    nullable(o.input.as_arrow()),
+                    o.time_column,
+                    calls,
+                    nullable(o.output.as_arrow()),
+                    o.ttl_ms,
                 )?));
             }
         }

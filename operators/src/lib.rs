@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! Kafka records --decode--> Batch --[window columns]--> filter/project (PhysicalExpr)
-//!     --> window aggregate (GroupsAccumulator per open pane) --> filter/project
+//!     --> window aggregate (GroupsAccumulator per open pane) or OVER (sliding accumulators per key)
+//!     --> filter/project
 //!     --> predict (one tract run per batch, inside the projection) --encode--> Kafka records
 //! ```
 //!
@@ -17,6 +18,7 @@ pub mod decode;
 pub mod encode;
 pub mod ids;
 pub mod operator;
+pub mod over;
 pub mod predict;
 pub mod stateless;
 pub mod watermark;

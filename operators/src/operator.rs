@@ -83,9 +83,9 @@ fn downcast<T: Array + Clone + 'static>(a: Arc<dyn Array>) -> T {
 /// Side outputs and counters an operator reports while it runs.
 #[derive(Debug, Default)]
 pub struct Context {
-    /// Rows that arrived after every window they belong to had fired, as they
-    /// were at the window's input.
-    pub late: Vec<Batch>,
+    /// Rows that arrived after the watermark had passed them (every window they
+    /// belong to had fired), as they were at the operator's input, with why.
+    pub late: Vec<(Batch, &'static str)>,
     pub late_rows: u64,
 }
 

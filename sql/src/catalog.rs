@@ -149,6 +149,8 @@ pub const SETTINGS: &[&str] = &[
     "state.dir",
     "state.cache.size",
     "state.changelog",
+    "state.ttl",
+    "table.exec.state.ttl",
 ];
 
 /// The closest of `candidates` to `word`, if it is close enough to be a typo.
@@ -205,9 +207,11 @@ pub fn check_setting(key: &Spanned<String>) -> LResult<()> {
 pub fn check_setting_value(key: &str, value: &Spanned<String>) -> LResult<()> {
     let v = value.value.as_str();
     let ok = match key {
-        "checkpoint.interval" | "execution.linger" | "table.exec.source.idle-timeout" => {
-            parse_duration_ms(v).is_some()
-        }
+        "checkpoint.interval"
+        | "execution.linger"
+        | "table.exec.source.idle-timeout"
+        | "state.ttl"
+        | "table.exec.state.ttl" => parse_duration_ms(v).is_some(),
         "state.cache.size" => parse_size_bytes(v).is_some(),
         "state.changelog" => matches!(v, "true" | "false"),
         "execution.batch-size" => v.trim().parse::<usize>().is_ok_and(|n| n > 0),

@@ -24,6 +24,9 @@ pub use catalog::{
     ModelKind, StartupMode, Watermark,
 };
 pub use error::{PlanError, Pos};
-pub use plan::{Flow, GroupKey, PipelinePlan, Stage, WindowAggregate};
+pub use plan::{
+    Flow, GroupKey, OverAggregate, OverCall, OverFrame, OverFunction, PipelinePlan, Stage,
+    WindowAggregate,
+};
 pub use planner::{PREDICT, WINDOW_END, WINDOW_START, WINDOW_TIME, plan_pipeline, predict_model};
 pub use statement::WindowKind;

@@ -39,6 +39,70 @@ pub struct WindowAggregate {
     pub output: DFSchemaRef,
 }
 
+/// The frame of a per-event OVER aggregate: the rows of the same partition
+/// that count for the current one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverFrame {
+    /// `RANGE BETWEEN INTERVAL ... PRECEDING AND CURRENT ROW`: rows whose event
+    /// time is within `preceding_ms` before the current row's, peers included.
+    Range { preceding_ms: i64 },
+    /// `ROWS BETWEEN n PRECEDING AND CURRENT ROW`: the current row and the `n`
+    /// before it in event-time order (ties in arrival order).
+    Rows { preceding: u64 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverFunction {
+    Count,
+    Sum,
+    Avg,
+    Min,
+    Max,
+    StddevSamp,
+    StddevPop,
+    VarSamp,
+    VarPop,
+}
+
+/// One `agg(x) OVER (...)` of a SELECT.
+#[derive(Debug, Clone)]
+pub struct OverCall {
+    pub function: OverFunction,
+    /// The argument, over the stage's input.
+    pub arg: Expr,
+    pub distinct: bool,
+    pub frame: OverFrame,
+}
+
+/// Per-event rolling aggregates: every input row comes out once, in event-time
+/// order per partition key, with one column per call appended.
+#[derive(Debug, Clone)]
+pub struct OverAggregate {
+    pub input: DFSchemaRef,
+    pub partition_by: Vec<Expr>,
+    /// Index of the event-time column in `input`.
+    pub time_column: usize,
+    pub calls: Vec<OverCall>,
+    pub output: DFSchemaRef,
+    /// `'state.ttl'`: how long after its last row a key whose frames count
+    /// rows keeps its state (RANGE-only keys go when no frame can reach them).
+    pub ttl_ms: Option<i64>,
+}
+
+impl OverAggregate {
+    /// How far back in event time any call's frame reaches, when every frame is
+    /// a RANGE (`None`: some frame counts rows, which reaches back any time).
+    pub fn range_horizon_ms(&self) -> Option<i64> {
+        self.calls
+            .iter()
+            .map(|c| match c.frame {
+                OverFrame::Range { preceding_ms } => Some(preceding_ms),
+                OverFrame::Rows { .. } => None,
+            })
+            .try_fold(0i64, |acc, h| h.map(|h| acc.max(h)))
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum Stage {
     /// Appends placeholder (null) window_start, window_end, window_time columns
@@ -56,6 +120,7 @@ pub enum Stage {
         output: DFSchemaRef,
     },
     WindowAggregate(Box<WindowAggregate>),
+    Over(Box<OverAggregate>),
 }
 
 impl Stage {
@@ -65,6 +130,7 @@ impl Stage {
             Stage::Filter { input, .. } => input,
             Stage::Project { output, .. } => output,
             Stage::WindowAggregate(w) => &w.output,
+            Stage::Over(o) => &o.output,
         }
     }
 
@@ -81,6 +147,11 @@ impl Stage {
                     _ => None,
                 })
                 .chain(w.aggregates.iter())
+                .collect(),
+            Stage::Over(o) => o
+                .partition_by
+                .iter()
+                .chain(o.calls.iter().map(|c| &c.arg))
                 .collect(),
         }
     }
@@ -257,6 +328,40 @@ impl fmt::Display for PipelinePlan {
                         writeln!(
                             f,
                             "      state: one pane per open window, keyed by the group key; fires when the watermark passes window_end"
+                        )?;
+                    }
+                    Stage::Over(o) => {
+                        let calls: Vec<String> = o
+                            .calls
+                            .iter()
+                            .map(|c| {
+                                let frame = match c.frame {
+                                    OverFrame::Range { preceding_ms } => {
+                                        format!("range {}", fmt_ms(preceding_ms))
+                                    }
+                                    OverFrame::Rows { preceding } => {
+                                        format!("rows {preceding} preceding")
+                                    }
+                                };
+                                format!(
+                                    "{:?}({}{}) over {frame}",
+                                    c.function,
+                                    if c.distinct { "DISTINCT " } else { "" },
+                                    c.arg.human_display()
+                                )
+                            })
+                            .collect();
+                        writeln!(
+                            f,
+                            "    over partition by [{}] order by {} [{}] -> [{}]",
+                            fmt_exprs(&o.partition_by),
+                            o.input.field(o.time_column).name(),
+                            calls.join(", "),
+                            fmt_schema(o.output.as_arrow())
+                        )?;
+                        writeln!(
+                            f,
+                            "      state: per partition key, the rows its frames reach back to; each row is emitted once the watermark passes its event time"
                         )?;
                     }
                 }

@@ -12,7 +12,7 @@ use rocksdb::{
 };
 
 use crate::changes::{
-    ChangeLog, OP_DELETE_PREFIX, OP_PUT, Op, OpBuffer, decode_chunk, encode_chunk,
+    ChangeLog, OP_DELETE, OP_DELETE_PREFIX, OP_PUT, Op, OpBuffer, decode_chunk, encode_chunk,
 };
 use crate::meta::CheckpointMeta;
 
@@ -451,6 +451,13 @@ impl OperatorState {
         Ok(())
     }
 
+    pub fn delete(&self, batch: &mut StateBatch, key: &[u8]) -> Result<(), StateError> {
+        let cf = self.handle()?;
+        batch.batch.delete_cf(cf, self.full_key(key));
+        batch.record(OP_DELETE, self.cf_index, key, None);
+        Ok(())
+    }
+
     /// Deletes every key starting with `prefix`.
     pub fn delete_prefix(&self, batch: &mut StateBatch, prefix: &[u8]) -> Result<(), StateError> {
         let cf = self.handle()?;
@@ -469,6 +476,11 @@ impl OperatorState {
             lock(&self.changes).append(ops, ends);
         }
         Ok(())
+    }
+
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
+        let cf = self.handle()?;
+        self.db.get_cf(cf, self.full_key(key)).map_err(self.err())
     }
 
     /// Values of `keys`, in order.

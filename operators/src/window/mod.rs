@@ -564,7 +564,10 @@ impl Operator for WindowAggregateOp {
         if !late.is_empty() {
             let idx = UInt32Array::from(late);
             ctx.late_rows += idx.len() as u64;
-            ctx.late.push(batch.take(&idx)?);
+            ctx.late.push((
+                batch.take(&idx)?,
+                "late: every window this row belongs to had already fired",
+            ));
         }
         if by_pane.is_empty() {
             return Ok(());
