@@ -240,7 +240,14 @@ pub fn run_pipeline(mut loaded: LoadedPipeline, options: RunOptions) -> anyhow::
                 chain: build_chain(flow, &loaded.models).with_context(|| {
                     format!("building flow {} (INSERT INTO {})", flow.index, flow.sink)
                 })?,
-                encoder: JsonEncoder::new(flow.output.clone(), flow.key_columns.clone()),
+                encoder: match plan.tables[&flow.sink].format {
+                    weir_sql::Format::Raw => {
+                        JsonEncoder::raw(flow.output.clone(), flow.key_columns.clone())
+                    }
+                    weir_sql::Format::Json => {
+                        JsonEncoder::new(flow.output.clone(), flow.key_columns.clone())
+                    }
+                },
                 sink_topic: sink_table.topic.clone(),
             });
         }

@@ -37,7 +37,7 @@ use weir_operators::window::Assigner;
 use weir_operators::{
     Batch, Chain, Context, JsonDecoder, JsonEncoder, RecordMeta, StateAttachment, WatermarkTracker,
 };
-use weir_sql::{Flow, KafkaTable, Stage, StartupMode};
+use weir_sql::{Flow, KafkaTable, LatePolicy, Stage, StartupMode};
 use weir_state::{CheckpointMeta, HeldOffsets, InputPosition, TaskStore, fault};
 
 use crate::changelog::{self, CatchUp, Changelog};
@@ -1039,7 +1039,14 @@ impl SourceTask {
 
     /// Dead-letters rows a window found late, as JSON of the window's input.
     fn dead_letter_rows(&mut self, flow_id: u16, rows: &Batch, reason: &str) -> anyhow::Result<()> {
-        if self.table.dead_letter_topic.is_none() {
+        if self.table.dead_letter_topic.is_none() || self.table.late_policy == LatePolicy::Drop {
+            if warning_due() {
+                warn!(
+                    "source {}: {} row(s) dropped as {reason} ('late.policy' = 'drop'; counted in the late metric)",
+                    self.table.name,
+                    rows.num_rows()
+                );
+            }
             return Ok(());
         }
         let encoder = JsonEncoder::new(rows.data.schema(), vec![]);

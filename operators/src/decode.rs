@@ -10,11 +10,11 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use arrow_json::ReaderBuilder;
 use datafusion::arrow::array::{
-    Array, ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
-    UInt32Array,
+    Array, ArrayRef, BinaryBuilder, Int32Array, Int64Array, RecordBatch, StringArray,
+    StringBuilder, TimestampMillisecondArray, UInt32Array,
 };
 use datafusion::arrow::compute::take;
-use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use weir_sql::{KafkaTable, MetadataKind};
 
 /// What a Kafka record carries besides its value.
@@ -52,6 +52,8 @@ pub struct JsonDecoder {
     time_column: Option<usize>,
     /// Columns a record must have: the event time and NOT NULL columns.
     required: Vec<usize>,
+    /// `'format' = 'raw'`: the value is the one physical column.
+    raw: bool,
 }
 
 impl JsonDecoder {
@@ -80,6 +82,7 @@ impl JsonDecoder {
             layout,
             time_column,
             required,
+            raw: table.format == weir_sql::Format::Raw,
         }
     }
 
@@ -96,8 +99,14 @@ impl JsonDecoder {
     ) -> anyhow::Result<Decoded> {
         let n = spans.len();
         let mut bad = Vec::new();
-        let (values, mut rows) = match self.decode_records(buf, spans) {
-            Ok(values) => (values, (0..n).collect::<Vec<_>>()),
+        let decoded = if self.raw {
+            Ok(self.decode_raw(buf, spans, &mut bad)?)
+        } else {
+            self.decode_records(buf, spans)
+                .map(|values| (values, (0..n).collect::<Vec<_>>()))
+        };
+        let (values, mut rows) = match decoded {
+            Ok(decoded) => decoded,
             Err(_) => {
                 // Find the bad records one by one, then decode the good ones together.
                 let mut good = Vec::with_capacity(n);
@@ -167,6 +176,53 @@ impl JsonDecoder {
             .context("building the decoded batch")?;
         bad.sort_by_key(|b| b.index);
         Ok(Decoded { batch, rows, bad })
+    }
+
+    /// `'format' = 'raw'`: each value as the one physical column (records
+    /// that are not UTF-8 are bad for a STRING column).
+    fn decode_raw(
+        &self,
+        buf: &[u8],
+        spans: &[(usize, usize)],
+        bad: &mut Vec<BadRecord>,
+    ) -> anyhow::Result<(RecordBatch, Vec<usize>)> {
+        let field = self
+            .value_schema
+            .fields()
+            .first()
+            .context("a raw table has one physical column")?;
+        let mut rows = Vec::with_capacity(spans.len());
+        let column: ArrayRef = match field.data_type() {
+            DataType::Utf8 => {
+                let mut b = StringBuilder::with_capacity(spans.len(), buf.len());
+                for (i, &(start, end)) in spans.iter().enumerate() {
+                    match std::str::from_utf8(&buf[start..end]) {
+                        Ok(s) => {
+                            b.append_value(s);
+                            rows.push(i);
+                        }
+                        Err(e) => bad.push(BadRecord {
+                            index: i,
+                            reason: format!(
+                                "the value is not UTF-8 text ({e}) for STRING column {}",
+                                field.name()
+                            ),
+                        }),
+                    }
+                }
+                Arc::new(b.finish())
+            }
+            _ => {
+                let mut b = BinaryBuilder::with_capacity(spans.len(), buf.len());
+                for (i, &(start, end)) in spans.iter().enumerate() {
+                    b.append_value(&buf[start..end]);
+                    rows.push(i);
+                }
+                Arc::new(b.finish())
+            }
+        };
+        let batch = RecordBatch::try_new(self.value_schema.clone(), vec![column])?;
+        Ok((batch, rows))
     }
 
     /// Decodes every span with one decoder, checking that each holds exactly one

@@ -44,6 +44,8 @@ impl EncodedBatch {
 pub struct JsonEncoder {
     schema: SchemaRef,
     key_columns: Vec<usize>,
+    /// `'format' = 'raw'`: the value is the one column's bytes, not JSON.
+    raw: bool,
 }
 
 impl JsonEncoder {
@@ -64,6 +66,16 @@ impl JsonEncoder {
         Self {
             schema: Arc::new(Schema::new(fields)),
             key_columns,
+            raw: false,
+        }
+    }
+
+    /// An encoder for a `'format' = 'raw'` sink: `schema` has one STRING or
+    /// BYTES column whose bytes are the record value (a null is an empty value).
+    pub fn raw(schema: SchemaRef, key_columns: Vec<usize>) -> Self {
+        Self {
+            raw: true,
+            ..Self::new(schema, key_columns)
         }
     }
 
@@ -86,7 +98,19 @@ impl JsonEncoder {
     pub fn encode(&self, batch: &RecordBatch) -> anyhow::Result<EncodedBatch> {
         let batch = self.prepare(batch)?;
         let mut out = EncodedBatch::default();
-        write_lines(&batch, &mut out.values, &mut out.value_spans)?;
+        if self.raw {
+            let column = cast(batch.column(0), &DataType::Binary)?;
+            let bytes = column.as_binary::<i32>();
+            for i in 0..bytes.len() {
+                let start = out.values.len();
+                if bytes.is_valid(i) {
+                    out.values.extend_from_slice(bytes.value(i));
+                }
+                out.value_spans.push((start, out.values.len()));
+            }
+        } else {
+            write_lines(&batch, &mut out.values, &mut out.value_spans)?;
+        }
         match self.key_columns.as_slice() {
             [] => {}
             [k] => {

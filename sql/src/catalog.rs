@@ -78,6 +78,26 @@ pub struct KafkaTable {
     /// For the embedded broker only: a synthetic data generator feeding this topic.
     pub embedded_generator: Option<String>,
     pub embedded_generator_rate: Option<u64>,
+    pub format: Format,
+    pub late_policy: LatePolicy,
+}
+
+/// How a record's value maps to columns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// One JSON object per record, one field per column.
+    Json,
+    /// The value's bytes are the table's one physical column (BYTES or STRING).
+    Raw,
+}
+
+/// What happens to a row that arrives after the watermark passed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LatePolicy {
+    /// Counted (`late` metric) and logged, not written anywhere.
+    Drop,
+    /// Written to the source's dead-letter topic with the reason, and counted.
+    DeadLetter,
 }
 
 impl KafkaTable {
@@ -136,6 +156,7 @@ pub const TABLE_OPTIONS: &[&str] = &[
     "sink.transactional",
     "topic.partitions",
     "json.timestamp-format.standard",
+    "late.policy",
     "embedded.generator",
     "embedded.generator.rate",
 ];
@@ -421,8 +442,51 @@ pub fn build_table(
     one_of("connector", &["kafka"], "")?;
     required("connector")?;
     let topic = required("topic")?.value.clone();
-    one_of("format", &["json"], "")?;
+    let format = match one_of("format", &["json", "raw"], "")?.as_str() {
+        "raw" => Format::Raw,
+        _ => Format::Json,
+    };
     required("format")?;
+    if format == Format::Raw {
+        let physical: Vec<&Column> = columns.iter().filter(|c| c.metadata.is_none()).collect();
+        let ok = match physical.as_slice() {
+            [] => columns.is_empty(),
+            [c] => matches!(c.data_type, DataType::Utf8 | DataType::Binary),
+            _ => false,
+        };
+        if !ok {
+            return Err(Located::new(
+                values["format"].pos,
+                format!(
+                    "'format' = 'raw' carries the record value as one column: declare exactly one STRING or BYTES column in {} (plus METADATA columns)",
+                    name.value
+                ),
+            ));
+        }
+    }
+    let late_policy = match get("late.policy") {
+        None if get("dead-letter.topic").is_some() => LatePolicy::DeadLetter,
+        None => LatePolicy::Drop,
+        Some(v) => match v.value.as_str() {
+            "drop" => LatePolicy::Drop,
+            "dead-letter" if get("dead-letter.topic").is_some() => LatePolicy::DeadLetter,
+            "dead-letter" => {
+                return Err(Located::new(
+                    v.pos,
+                    format!(
+                        "'late.policy' = 'dead-letter' needs a 'dead-letter.topic' on table {}",
+                        name.value
+                    ),
+                ));
+            }
+            other => {
+                return Err(Located::new(
+                    v.pos,
+                    format!("'late.policy' = '{other}' is not valid: use one of drop, dead-letter"),
+                ));
+            }
+        },
+    };
     let bootstrap_servers = required("properties.bootstrap.servers")?.value.clone();
     let startup_mode = match one_of(
         "scan.startup.mode",
@@ -552,6 +616,8 @@ pub fn build_table(
         embedded_generator: get("embedded.generator").map(|v| v.value.clone()),
         embedded_generator_rate,
         transactional,
+        format,
+        late_policy,
     })
 }
 

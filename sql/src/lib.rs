@@ -20,8 +20,8 @@ pub mod statement;
 pub mod subst;
 
 pub use catalog::{
-    Column, DeliveryGuarantee, KafkaTable, MetadataKind, ModelDef, ModelInfo, ModelInspector,
-    ModelKind, StartupMode, Watermark,
+    Column, DeliveryGuarantee, Format, KafkaTable, LatePolicy, MetadataKind, ModelDef, ModelInfo,
+    ModelInspector, ModelKind, StartupMode, Watermark,
 };
 pub use error::{PlanError, Pos};
 pub use plan::{

@@ -649,6 +649,24 @@ impl<'a> Planner<'a> {
             ));
         }
         let output: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+        if sink.format == crate::catalog::Format::Raw {
+            let ok = matches!(output.fields().as_ref(), [f] if matches!(f.data_type(), DataType::Utf8 | DataType::Binary));
+            if !ok {
+                return Err(Located::new(
+                    sink_name.pos,
+                    format!(
+                        "{} has 'format' = 'raw', so the query must produce exactly one STRING or BYTES column (the record value); it produces {}",
+                        sink.name,
+                        output
+                            .fields()
+                            .iter()
+                            .map(|f| format!("{} {}", f.name(), f.data_type()))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            }
+        }
         let mut key_columns = Vec::new();
         for k in &sink.key_fields {
             let i = output.index_of(&k.value).map_err(|_| {
