@@ -479,8 +479,8 @@ fn default_state_root() -> PathBuf {
 /// fingerprint is refused rather than misread.
 fn state_fingerprint(source: &KafkaTable, flows: &[FlowRuntime]) -> String {
     let mut h = blake3::Hasher::new();
-    // Bumped when the store layout changes.
-    h.update(b"weir-state-v1");
+    // Bumped when the store layout changes (v2: window panes named by their end).
+    h.update(b"weir-state-v2");
     h.update(source.topic.as_bytes());
     for f in flows {
         h.update(&(f.flow.index as u64).to_be_bytes());

@@ -1148,7 +1148,7 @@ enum Hold {
 impl Hold {
     fn until(&self, ts: i64) -> i64 {
         match self {
-            Hold::Window(w) => w.last_start(ts).saturating_add(w.size() - 1),
+            Hold::Window(w) => w.last_end(ts).saturating_sub(1),
             Hold::Over { horizon_ms } => ts.saturating_add(*horizon_ms),
         }
     }

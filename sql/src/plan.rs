@@ -306,6 +306,11 @@ impl fmt::Display for PipelinePlan {
                             WindowKind::Hop { slide_ms, size_ms } => {
                                 format!("HOP(slide {}, size {})", fmt_ms(slide_ms), fmt_ms(size_ms))
                             }
+                            WindowKind::Cumulate { step_ms, size_ms } => format!(
+                                "CUMULATE(step {}, max size {})",
+                                fmt_ms(step_ms),
+                                fmt_ms(size_ms)
+                            ),
                         };
                         let group: Vec<String> = w
                             .group

@@ -51,8 +51,19 @@ pub struct QuerySpan {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WindowKind {
-    Tumble { size_ms: i64 },
-    Hop { slide_ms: i64, size_ms: i64 },
+    Tumble {
+        size_ms: i64,
+    },
+    Hop {
+        slide_ms: i64,
+        size_ms: i64,
+    },
+    /// Windows that grow by `step_ms` from a start aligned to `size_ms`:
+    /// `[s, s + step)`, `[s, s + 2 step)`, ..., `[s, s + size)`.
+    Cumulate {
+        step_ms: i64,
+        size_ms: i64,
+    },
 }
 
 /// `TABLE(TUMBLE(TABLE t, DESCRIPTOR(ts), INTERVAL ...))` as written in a query.
@@ -518,7 +529,7 @@ impl Cursor<'_> {
         let start = self.file.index(start_token.span.start);
         let tvf_pos = pos(start_token.span.start);
         self.at += 2; // TABLE (
-        let func = self.ident("TUMBLE or HOP")?;
+        let func = self.ident("TUMBLE, HOP or CUMULATE")?;
         let func_name = func.value.to_ascii_uppercase();
         self.expect(Token::LParen)?;
         self.expect_keyword("TABLE")?;
@@ -568,6 +579,24 @@ impl Cursor<'_> {
                 let offset = intervals.get(2).map(|o| o.1).unwrap_or(0);
                 (WindowKind::Hop { slide_ms, size_ms }, offset)
             }
+            ("CUMULATE", [step, size]) | ("CUMULATE", [step, size, _]) => {
+                let step_ms = positive(*step)?;
+                let size_ms = positive(*size)?;
+                if size_ms % step_ms != 0 {
+                    return Err(Located::new(
+                        size.0,
+                        "a CUMULATE window's max size must be a whole multiple of its step",
+                    ));
+                }
+                let offset = intervals.get(2).map(|o| o.1).unwrap_or(0);
+                (WindowKind::Cumulate { step_ms, size_ms }, offset)
+            }
+            ("CUMULATE", _) => {
+                return Err(Located::new(
+                    func.pos,
+                    "CUMULATE takes (TABLE t, DESCRIPTOR(ts), step, max size [, offset])",
+                ));
+            }
             ("TUMBLE", _) => {
                 return Err(Located::new(
                     func.pos,
@@ -583,7 +612,7 @@ impl Cursor<'_> {
             (other, _) => {
                 return Err(Located::new(
                     func.pos,
-                    format!("the {other} window is not supported yet: use TUMBLE or HOP"),
+                    format!("the {other} window is not supported yet: use TUMBLE, HOP or CUMULATE"),
                 ));
             }
         };

@@ -1,4 +1,4 @@
-//! Event-time window aggregation for TUMBLE and HOP.
+//! Event-time window aggregation for TUMBLE, HOP and CUMULATE.
 //!
 //! ```text
 //! batch --assign--> (row, window) pairs --group key--> pane of that window
@@ -21,7 +21,7 @@
 //! pane(8) key_len(u32 BE) key  0            -> accumulator states of the non-DISTINCT aggregates
 //! pane(8) key_len(u32 BE) key  1 agg(u8) v  -> (empty): value v seen by DISTINCT aggregate agg
 //! ```
-//! `pane` is the window start, sign bit flipped, big-endian, so panes scan in
+//! `pane` is the window end, sign bit flipped, big-endian, so panes scan in
 //! time order. A pane that was never written to the store fires straight from
 //! memory. DISTINCT aggregates are evaluated at fire time from the stored
 //! sightings of a stored pane, and incrementally for an in-memory one.
@@ -79,7 +79,8 @@ struct Delta {
 }
 
 struct Pane {
-    start: i64,
+    /// The window's end: it names the window (CUMULATE windows share starts).
+    end: i64,
     delta: Delta,
     /// Whether the store holds groups of this pane.
     in_store: bool,
@@ -103,7 +104,7 @@ pub struct WindowAggregateOp {
     state_widths: Vec<usize>,
     columns: Vec<OutputColumn>,
     schema: SchemaRef,
-    /// Open panes by window start.
+    /// Open panes by window end.
     panes: BTreeMap<i64, Pane>,
     /// The watermark up to which windows have fired.
     fired_through: i64,
@@ -111,19 +112,19 @@ pub struct WindowAggregateOp {
     memory_budget: usize,
 }
 
-fn pane_prefix(start: i64) -> [u8; 8] {
-    ((start as u64) ^ (1 << 63)).to_be_bytes()
+fn pane_prefix(end: i64) -> [u8; 8] {
+    ((end as u64) ^ (1 << 63)).to_be_bytes()
 }
 
-fn pane_start(key: &[u8]) -> i64 {
+fn pane_end(key: &[u8]) -> i64 {
     let mut b = [0u8; 8];
     b.copy_from_slice(&key[..8]);
     (u64::from_be_bytes(b) ^ (1 << 63)) as i64
 }
 
-fn group_prefix(start: i64, key: &[u8]) -> Vec<u8> {
+fn group_prefix(end: i64, key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(8 + 4 + key.len() + 2);
-    k.extend_from_slice(&pane_prefix(start));
+    k.extend_from_slice(&pane_prefix(end));
     k.extend_from_slice(&(key.len() as u32).to_be_bytes());
     k.extend_from_slice(key);
     k
@@ -208,7 +209,7 @@ impl WindowAggregateOp {
     /// Evaluates `accumulators` (groups in the order of `keys`) into output rows.
     fn emit(
         &self,
-        start: i64,
+        end: i64,
         keys: &[Box<[u8]>],
         mut accumulators: Vec<Box<dyn GroupsAccumulator>>,
         watermark: i64,
@@ -225,7 +226,7 @@ impl WindowAggregateOp {
             .iter_mut()
             .map(|a| a.evaluate(EmitTo::All))
             .collect::<datafusion::common::Result<Vec<ArrayRef>>>()?;
-        let end = start + self.assigner.size();
+        let start = self.assigner.start_of(end);
         let constant =
             |v: i64| -> ArrayRef { Arc::new(TimestampMillisecondArray::from_value(v, n)) };
         let columns: Vec<ArrayRef> = self
@@ -312,7 +313,7 @@ impl WindowAggregateOp {
             ..
         } = std::mem::replace(&mut pane.delta, self.new_delta()?);
         let n = keys.len();
-        let prefixes: Vec<Vec<u8>> = keys.iter().map(|k| group_prefix(pane.start, k)).collect();
+        let prefixes: Vec<Vec<u8>> = keys.iter().map(|k| group_prefix(pane.end, k)).collect();
         let state_keys: Vec<Vec<u8>> = prefixes
             .iter()
             .map(|p| {
@@ -374,13 +375,13 @@ impl WindowAggregateOp {
                 keys, accumulators, ..
             } = pane.delta;
             if !keys.is_empty() {
-                out.push(self.emit(pane.start, &keys, accumulators, watermark)?);
+                out.push(self.emit(pane.end, &keys, accumulators, watermark)?);
             }
             return Ok(());
         }
         self.flush_pane(&mut pane)?;
         let store = self.store.as_ref().expect("a stored pane has a store");
-        let prefix = pane_prefix(pane.start);
+        let prefix = pane_prefix(pane.end);
         let mut keys: Vec<Box<[u8]>> = Vec::new();
         let mut states: Vec<Box<[u8]>> = Vec::new();
         let mut sightings: Vec<(usize, u8, Box<[u8]>)> = Vec::new();
@@ -391,7 +392,7 @@ impl WindowAggregateOp {
             match k[12 + len] {
                 KIND_STATE => {
                     if keys.len() >= FIRE_CHUNK_GROUPS {
-                        self.emit_stored(pane.start, &keys, &states, &sightings, watermark, out)?;
+                        self.emit_stored(pane.end, &keys, &states, &sightings, watermark, out)?;
                         keys.clear();
                         states.clear();
                         sightings.clear();
@@ -406,7 +407,7 @@ impl WindowAggregateOp {
             }
         }
         if !keys.is_empty() {
-            self.emit_stored(pane.start, &keys, &states, &sightings, watermark, out)?;
+            self.emit_stored(pane.end, &keys, &states, &sightings, watermark, out)?;
         }
         let mut batch = store.batch();
         store.delete_prefix(&mut batch, &prefix)?;
@@ -416,7 +417,7 @@ impl WindowAggregateOp {
 
     fn emit_stored(
         &self,
-        start: i64,
+        end: i64,
         keys: &[Box<[u8]>],
         states: &[Box<[u8]>],
         sightings: &[(usize, u8, Box<[u8]>)],
@@ -440,7 +441,7 @@ impl WindowAggregateOp {
             let columns = conv.convert_rows(values.iter().map(|v| parser.parse(v)))?;
             accumulators[agg].update_batch(&columns, &groups, None, n)?;
         }
-        out.push(self.emit(start, keys, accumulators, watermark)?);
+        out.push(self.emit(end, keys, accumulators, watermark)?);
         Ok(())
     }
 
@@ -462,14 +463,14 @@ impl WindowAggregateOp {
         let mut by_size: Vec<(usize, i64)> = self
             .panes
             .values()
-            .map(|p| (pane_memory(p), p.start))
+            .map(|p| (pane_memory(p), p.end))
             .collect();
         by_size.sort_unstable_by(|a, b| b.cmp(a));
-        for (size, start) in by_size {
-            let mut pane = self.panes.remove(&start).expect("listed above");
+        for (size, end) in by_size {
+            let mut pane = self.panes.remove(&end).expect("listed above");
             self.flush_pane(&mut pane)?;
             used = used - size + pane_memory(&pane);
-            self.panes.insert(start, pane);
+            self.panes.insert(end, pane);
             if used <= self.memory_budget / 2 {
                 break;
             }
@@ -540,7 +541,6 @@ impl Operator for WindowAggregateOp {
         // Assign rows to panes; rows every one of whose windows has fired are late.
         let mut by_pane: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
         let mut late: Vec<u32> = Vec::new();
-        let size = self.assigner.size();
         for row in 0..n {
             if times.is_null(row) {
                 late.push(row as u32);
@@ -549,12 +549,12 @@ impl Operator for WindowAggregateOp {
             let ts = times.value(row);
             let arrived_under = wm[row].max(self.fired_through);
             let mut assigned = false;
-            for start in self.assigner.starts(ts) {
-                if start + size - 1 <= arrived_under {
+            for end in self.assigner.ends(ts) {
+                if end - 1 <= arrived_under {
                     // This and every earlier window have fired.
                     break;
                 }
-                by_pane.entry(start).or_default().push(row as u32);
+                by_pane.entry(end).or_default().push(row as u32);
                 assigned = true;
             }
             if !assigned {
@@ -601,16 +601,16 @@ impl Operator for WindowAggregateOp {
             });
         }
 
-        for (start, indices) in by_pane {
-            if !self.panes.contains_key(&start) {
+        for (end, indices) in by_pane {
+            if !self.panes.contains_key(&end) {
                 let pane = Pane {
-                    start,
+                    end,
                     delta: self.new_delta()?,
                     in_store: false,
                 };
-                self.panes.insert(start, pane);
+                self.panes.insert(end, pane);
             }
-            let pane = &mut self.panes.get_mut(&start).expect("inserted above").delta;
+            let pane = &mut self.panes.get_mut(&end).expect("inserted above").delta;
             let mut group_indices = Vec::with_capacity(indices.len());
             for &row in &indices {
                 let key = rows.as_ref().map(|r| r.row(row as usize));
@@ -672,12 +672,11 @@ impl Operator for WindowAggregateOp {
             return Ok(());
         }
         self.fired_through = watermark;
-        let size = self.assigner.size();
-        while let Some((&start, _)) = self.panes.first_key_value() {
-            if start + size - 1 > watermark {
+        while let Some((&end, _)) = self.panes.first_key_value() {
+            if end - 1 > watermark {
                 break;
             }
-            let pane = self.panes.remove(&start).expect("first key exists");
+            let pane = self.panes.remove(&end).expect("first key exists");
             self.fire(pane, watermark, out)?;
         }
         Ok(())
@@ -693,14 +692,14 @@ impl Operator for WindowAggregateOp {
         // The panes the checkpoint holds: one seek per pane.
         let mut from = Vec::new();
         while let Some(key) = state.store.first_key_from(&from)? {
-            let start = pane_start(&key);
+            let end = pane_end(&key);
             let pane = Pane {
-                start,
+                end,
                 delta: self.new_delta()?,
                 in_store: true,
             };
-            self.panes.insert(start, pane);
-            match start.checked_add(1) {
+            self.panes.insert(end, pane);
+            match end.checked_add(1) {
                 Some(next) => from = pane_prefix(next).to_vec(),
                 None => break,
             }
@@ -713,11 +712,11 @@ impl Operator for WindowAggregateOp {
         if self.store.is_none() {
             return Ok(());
         }
-        let starts: Vec<i64> = self.panes.keys().copied().collect();
-        for start in starts {
-            let mut pane = self.panes.remove(&start).expect("listed above");
+        let ends: Vec<i64> = self.panes.keys().copied().collect();
+        for end in ends {
+            let mut pane = self.panes.remove(&end).expect("listed above");
             self.flush_pane(&mut pane)?;
-            self.panes.insert(start, pane);
+            self.panes.insert(end, pane);
         }
         Ok(())
     }
