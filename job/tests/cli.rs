@@ -115,6 +115,28 @@ fn explain_prints_the_dataflow() {
 }
 
 #[test]
+fn explain_prints_the_per_event_example() {
+    let out = weir()
+        .args(["explain", "examples/fraud/per-event.sql"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    for needle in [
+        "over partition by [transactions.card_id] order by ts",
+        "Count(DISTINCT transactions.merchant) over range 10min",
+        "predict with model fraud",
+        "sink transaction_scores",
+    ] {
+        assert!(text.contains(needle), "explain lacks {needle:?}:\n{text}");
+    }
+}
+
+#[test]
 fn bad_sql_is_reported_with_file_line_and_column() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("bad.sql");

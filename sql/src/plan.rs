@@ -358,11 +358,11 @@ impl fmt::Display for PipelinePlan {
                             .collect();
                         writeln!(
                             f,
-                            "    over partition by [{}] order by {} [{}] -> [{}]",
+                            "    over partition by [{}] order by {} [{}] -> input columns + {} results",
                             fmt_exprs(&o.partition_by),
                             o.input.field(o.time_column).name(),
                             calls.join(", "),
-                            fmt_schema(o.output.as_arrow())
+                            o.calls.len()
                         )?;
                         writeln!(
                             f,
