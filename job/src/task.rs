@@ -1037,7 +1037,8 @@ impl SourceTask {
         Ok(())
     }
 
-    /// Dead-letters rows a window found late, as JSON of the window's input.
+    /// Dead-letters rows an operator found late (window or OVER), as JSON of
+    /// that operator's input, unless the source's late policy is drop.
     fn dead_letter_rows(&mut self, flow_id: u16, rows: &Batch, reason: &str) -> anyhow::Result<()> {
         if self.table.dead_letter_topic.is_none() || self.table.late_policy == LatePolicy::Drop {
             if warning_due() {
