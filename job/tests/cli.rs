@@ -91,18 +91,20 @@ fn wait_with_deadline(
     None
 }
 
-#[test]
-fn explain_prints_the_dataflow() {
-    let out = weir()
-        .args(["explain", "examples/fraud/pipeline.sql"])
-        .output()
-        .unwrap();
+/// `weir explain FILE`'s output; it must succeed.
+fn explain(file: &str) -> String {
+    let out = weir().args(["explain", file]).output().unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let text = String::from_utf8(out.stdout).unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn explain_prints_the_dataflow() {
+    let text = explain("examples/fraud/pipeline.sql");
     for needle in [
         "source transactions",
         "window aggregate HOP(slide 1min, size 10min)",
@@ -116,16 +118,7 @@ fn explain_prints_the_dataflow() {
 
 #[test]
 fn explain_prints_the_per_event_example() {
-    let out = weir()
-        .args(["explain", "examples/fraud/per-event.sql"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
+    let text = explain("examples/fraud/per-event.sql");
     for needle in [
         "over partition by [transactions.card_id] order by ts",
         "Count(DISTINCT transactions.merchant) over range 10min",

@@ -211,7 +211,7 @@ pub fn build_chain(flow: &Flow, models: &HashMap<String, Arc<Model>>) -> anyhow:
                     o.time_column,
                     calls,
                     nullable(o.output.as_arrow()),
-                    o.ttl_ms,
+                    o.retention_ms(),
                 )?));
             }
         }

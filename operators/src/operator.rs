@@ -3,9 +3,11 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, BooleanArray, FixedSizeBinaryArray, Int64Array, RecordBatch, UInt32Array,
+    Array, AsArray, BooleanArray, FixedSizeBinaryArray, Int64Array, RecordBatch,
+    TimestampMillisecondArray, UInt32Array,
 };
 use datafusion::arrow::compute::{filter, filter_record_batch, take, take_record_batch};
+use datafusion::arrow::datatypes::TimestampMillisecondType;
 use weir_state::OperatorState;
 
 /// A batch of rows plus, beside the data, the watermark each row arrived
@@ -87,6 +89,34 @@ pub struct Context {
     /// belong to had fired), as they were at the operator's input, with why.
     pub late: Vec<(Batch, &'static str)>,
     pub late_rows: u64,
+}
+
+impl Context {
+    /// Sets `rows` of `batch` aside as late, with why.
+    pub fn set_aside_late(
+        &mut self,
+        batch: &Batch,
+        rows: Vec<u32>,
+        reason: &'static str,
+    ) -> anyhow::Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let idx = UInt32Array::from(rows);
+        self.late_rows += idx.len() as u64;
+        self.late.push((batch.take(&idx)?, reason));
+        Ok(())
+    }
+}
+
+/// The event-time column of an operator's input.
+pub fn event_times(
+    data: &RecordBatch,
+    column: usize,
+) -> anyhow::Result<&TimestampMillisecondArray> {
+    data.column(column)
+        .as_primitive_opt::<TimestampMillisecondType>()
+        .ok_or_else(|| anyhow::anyhow!("the event-time column is not TIMESTAMP(3)"))
 }
 
 /// What a stateful operator is given to keep its state durable.

@@ -41,9 +41,7 @@ use datafusion::arrow::array::{
     UInt32Array,
 };
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{
-    DataType, Float64Type, Int64Type, SchemaRef, TimestampMillisecondType,
-};
+use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type, SchemaRef};
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::physical_expr::PhysicalExpr;
 use hashbrown::HashMap;
@@ -51,7 +49,7 @@ use weir_sql::{OverFrame, OverFunction};
 use weir_state::OperatorState;
 
 use crate::ids::{ROW_ID_LEN, RowId};
-use crate::operator::{Batch, Context, Operator, StateAttachment};
+use crate::operator::{Batch, Context, Operator, StateAttachment, event_times};
 
 /// One `agg(x) OVER (...)`, bound to the stage's input.
 pub struct OverCallSpec {
@@ -497,6 +495,14 @@ impl KeyState {
     }
 }
 
+/// When a key's state can go, if ever: only once nothing is pending.
+fn expiry_of(ks: &KeyState, retention_ms: Option<i64>) -> Option<i64> {
+    if !ks.pending.is_empty() {
+        return None;
+    }
+    Some(ks.last_ts?.saturating_add(retention_ms?))
+}
+
 pub struct OverAggregateOp {
     key_exprs: Vec<Arc<dyn PhysicalExpr>>,
     key_converter: Option<RowConverter>,
@@ -520,8 +526,8 @@ pub struct OverAggregateOp {
 }
 
 impl OverAggregateOp {
-    /// `ttl_ms` is `'state.ttl'`: how long a key whose frames count rows keeps
-    /// its state after its last row.
+    /// `retention_ms`: how long after its last row a key's state can go (see
+    /// [`weir_sql::OverAggregate::retention_ms`]).
     pub fn new(
         key_exprs: Vec<Arc<dyn PhysicalExpr>>,
         key_types: Vec<DataType>,
@@ -529,7 +535,7 @@ impl OverAggregateOp {
         time_column: usize,
         calls: Vec<OverCallSpec>,
         schema: SchemaRef,
-        ttl_ms: Option<i64>,
+        retention_ms: Option<i64>,
     ) -> anyhow::Result<Self> {
         let key_converter = if key_types.is_empty() {
             None
@@ -554,17 +560,6 @@ impl OverAggregateOp {
                     .transpose()
             })
             .collect::<Result<_, _>>()?;
-        let horizon = calls
-            .iter()
-            .map(|c| match c.frame {
-                OverFrame::Range { preceding_ms } => Some(preceding_ms),
-                OverFrame::Rows { .. } => None,
-            })
-            .try_fold(0i64, |acc, h| h.map(|h| acc.max(h)));
-        let retention_ms = match (horizon, ttl_ms) {
-            (Some(h), Some(t)) => Some(h.min(t)),
-            (h, t) => h.or(t),
-        };
         Ok(Self {
             key_exprs,
             key_converter,
@@ -644,12 +639,8 @@ impl OverAggregateOp {
         Ok(self.keys.get_mut(key).expect("inserted above"))
     }
 
-    /// When the key's state can go, if ever: only once nothing is pending.
     fn expiry_of(&self, ks: &KeyState) -> Option<i64> {
-        if !ks.pending.is_empty() {
-            return None;
-        }
-        Some(ks.last_ts?.saturating_add(self.retention_ms?))
+        expiry_of(ks, self.retention_ms)
     }
 
     /// Slides every call's frame over the key's history rows from `first` on,
@@ -816,12 +807,7 @@ impl OverAggregateOp {
             if !ks.dirty {
                 continue;
             }
-            let expiry = if ks.pending.is_empty() {
-                ks.last_ts
-                    .and_then(|t| retention.map(|r| t.saturating_add(r)))
-            } else {
-                None
-            };
+            let expiry = expiry_of(ks, retention);
             store.put(&mut batch, &tagged(TAG_STATE, key), &ks.encode())?;
             let pending = !ks.pending.is_empty();
             if pending != ks.stored_pending {
@@ -937,10 +923,7 @@ impl Operator for OverAggregateOp {
     ) -> anyhow::Result<()> {
         let data = &batch.data;
         let n = data.num_rows();
-        let times = data
-            .column(self.time_column)
-            .as_primitive_opt::<TimestampMillisecondType>()
-            .ok_or_else(|| anyhow::anyhow!("the OVER's event-time column is not TIMESTAMP(3)"))?;
+        let times = event_times(data, self.time_column)?;
         let wm = batch.arrival_watermark.values();
         let mut on_time = Vec::with_capacity(n);
         let mut late = Vec::new();
@@ -951,14 +934,11 @@ impl Operator for OverAggregateOp {
                 on_time.push(row as u32);
             }
         }
-        if !late.is_empty() {
-            let idx = UInt32Array::from(late);
-            ctx.late_rows += idx.len() as u64;
-            ctx.late.push((
-                batch.take(&idx)?,
-                "late: the watermark had passed the row's event time, so the OVER results of its partition were already out",
-            ));
-        }
+        ctx.set_aside_late(
+            &batch,
+            late,
+            "late: the watermark had passed the row's event time, so the OVER results of its partition were already out",
+        )?;
         if on_time.is_empty() {
             return Ok(());
         }
@@ -969,9 +949,7 @@ impl Operator for OverAggregateOp {
         };
         let data = &batch.data;
         let n = data.num_rows();
-        let times = data
-            .column(self.time_column)
-            .as_primitive::<TimestampMillisecondType>();
+        let times = event_times(data, self.time_column)?;
         let keys = match &self.key_converter {
             Some(conv) => {
                 let arrays = self

@@ -90,6 +90,16 @@ pub struct OverAggregate {
 }
 
 impl OverAggregate {
+    /// How long after its last row a key's state can go: the widest range when
+    /// every frame is a RANGE (exact), capped by `'state.ttl'`; with a ROWS
+    /// frame, the TTL alone (`None`: kept).
+    pub fn retention_ms(&self) -> Option<i64> {
+        match (self.range_horizon_ms(), self.ttl_ms) {
+            (Some(h), Some(t)) => Some(h.min(t)),
+            (h, t) => h.or(t),
+        }
+    }
+
     /// How far back in event time any call's frame reaches, when every frame is
     /// a RANGE (`None`: some frame counts rows, which reaches back any time).
     pub fn range_horizon_ms(&self) -> Option<i64> {

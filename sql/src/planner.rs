@@ -701,20 +701,7 @@ impl<'a> Planner<'a> {
     }
 
     fn group_by_pos(&self, query: &QuerySpan) -> Pos {
-        let text = self.file.masked(query.range.clone(), &[]);
-        let dialect = GenericDialect {};
-        if let Ok(tokens) = datafusion::sql::sqlparser::tokenizer::Tokenizer::new(&dialect, &text)
-            .tokenize_with_location()
-        {
-            for t in tokens {
-                if let Token::Word(w) = &t.token
-                    && w.value.eq_ignore_ascii_case("GROUP")
-                {
-                    return pos(t.span.start);
-                }
-            }
-        }
-        query.pos
+        self.find_word(query, "GROUP").unwrap_or(query.pos)
     }
 
     fn lower(&self, plan: &LogicalPlan, query: &QuerySpan) -> LResult<Chain> {
@@ -906,15 +893,7 @@ impl<'a> Planner<'a> {
 
     /// The position of the first word `word` (any case) in the query.
     fn find_word(&self, query: &QuerySpan, word: &str) -> Option<Pos> {
-        let text = self.file.masked(query.range.clone(), &[]);
-        let dialect = GenericDialect {};
-        let tokens = datafusion::sql::sqlparser::tokenizer::Tokenizer::new(&dialect, &text)
-            .tokenize_with_location()
-            .ok()?;
-        tokens.iter().find_map(|t| match &t.token {
-            Token::Word(w) if w.value.eq_ignore_ascii_case(word) => Some(pos(t.span.start)),
-            _ => None,
-        })
+        self.find_words(query, &[word])
     }
 
     /// Lowers the OVER aggregates of one DataFusion `Window` node: every call

@@ -36,7 +36,7 @@ use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, RecordBatch, TimestampMillisecondArray, UInt32Array,
 };
 use datafusion::arrow::compute::take;
-use datafusion::arrow::datatypes::{SchemaRef, TimestampMillisecondType};
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
@@ -47,7 +47,7 @@ use weir_state::OperatorState;
 pub use assign::Assigner;
 
 use crate::ids::{id_array, window_row_id};
-use crate::operator::{Batch, Context, Operator, StateAttachment};
+use crate::operator::{Batch, Context, Operator, StateAttachment, event_times};
 
 /// Where each output column of the aggregate comes from.
 #[derive(Debug, Clone, Copy)]
@@ -532,10 +532,7 @@ impl Operator for WindowAggregateOp {
     ) -> anyhow::Result<()> {
         let data = &batch.data;
         let n = data.num_rows();
-        let times = data
-            .column(self.time_column)
-            .as_primitive_opt::<TimestampMillisecondType>()
-            .ok_or_else(|| anyhow::anyhow!("the window's event-time column is not TIMESTAMP(3)"))?;
+        let times = event_times(data, self.time_column)?;
         let wm = batch.arrival_watermark.values();
 
         // Assign rows to panes; rows every one of whose windows has fired are late.
@@ -561,14 +558,11 @@ impl Operator for WindowAggregateOp {
                 late.push(row as u32);
             }
         }
-        if !late.is_empty() {
-            let idx = UInt32Array::from(late);
-            ctx.late_rows += idx.len() as u64;
-            ctx.late.push((
-                batch.take(&idx)?,
-                "late: every window this row belongs to had already fired",
-            ));
-        }
+        ctx.set_aside_late(
+            &batch,
+            late,
+            "late: every window this row belongs to had already fired",
+        )?;
         if by_pane.is_empty() {
             return Ok(());
         }
