@@ -166,6 +166,9 @@ pub fn scan_consumer(bootstrap: &str, group: &str) -> anyhow::Result<BaseConsume
 
 /// The header carrying each output record's stable identity.
 pub const ID_HEADER: &str = "weir.id";
+/// On a result that changes one emitted before (allowed lateness, session
+/// merges): `update` or `delete`. Records without it are inserts.
+pub const CHANGE_HEADER: &str = "weir.change";
 
 /// Reads `topic`/`partition` from each given offset to the partition's end
 /// and returns the identities (the `weir.id` header) of what is there: the

@@ -31,17 +31,17 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::{debug, info, warn};
 use weir_operators::decode::Decoded;
-use weir_operators::ids::{ROW_ID_LEN, id_array, parse_source_row_id, source_row_id};
+use weir_operators::ids::{Change, ROW_ID_LEN, id_array, parse_source_row_id, source_row_id};
 use weir_operators::watermark::{END_OF_TIME, START_OF_TIME};
 use weir_operators::window::Assigner;
 use weir_operators::{
     Batch, Chain, Context, JsonDecoder, JsonEncoder, RecordMeta, StateAttachment, WatermarkTracker,
 };
-use weir_sql::{Flow, KafkaTable, LatePolicy, Stage, StartupMode};
+use weir_sql::{Flow, KafkaTable, LatePolicy, Stage, StartupMode, WindowKind};
 use weir_state::{CheckpointMeta, HeldOffsets, InputPosition, TaskStore, fault};
 
 use crate::changelog::{self, CatchUp, Changelog};
-use crate::kafka::{ID_HEADER, consumer_config, end_offsets, read_output_ids};
+use crate::kafka::{CHANGE_HEADER, ID_HEADER, consumer_config, end_offsets, read_output_ids};
 
 /// Counts delivery outcomes; a failed delivery fails the next flush.
 #[derive(Default)]
@@ -702,7 +702,14 @@ impl SourceTask {
             .iter()
             .flat_map(|f| f.flow.stages.iter())
             .filter_map(|s| match s {
-                Stage::WindowAggregate(w) => Some(Hold::Window(Assigner::new(w.kind, w.offset_ms))),
+                Stage::WindowAggregate(w) => Some(match w.kind {
+                    // A session's rows are needed until it closes, which later
+                    // rows can postpone; a row is held for its own gap only.
+                    WindowKind::Session { gap_ms } => Hold::Over {
+                        horizon_ms: gap_ms - 1 + w.allowed_lateness_ms,
+                    },
+                    kind => Hold::Window(Assigner::new(kind, w.offset_ms), w.allowed_lateness_ms),
+                }),
                 Stage::Over(o) => Some(Hold::Over {
                     horizon_ms: o.range_horizon_ms().unwrap_or(0),
                 }),
@@ -1013,11 +1020,18 @@ impl SourceTask {
                     skipped += 1;
                     continue;
                 }
+                let mut headers = id_header(&id);
+                if let Some(change) = Change::of(b.ids.value(i)).header() {
+                    headers = headers.insert(Header {
+                        key: CHANGE_HEADER,
+                        value: Some(change),
+                    });
+                }
                 self.sink.send(
                     &f.sink_topic,
                     encoded.key(i),
                     encoded.value(i),
-                    Some(id_header(&id)),
+                    Some(headers),
                 )?;
                 sent += 1;
             }
@@ -1140,8 +1154,8 @@ fn id_header(id: &[u8]) -> OwnedHeaders {
 
 /// What a stateful stage needs a row for, in event time.
 enum Hold {
-    /// Until the last window the row is in fires.
-    Window(Assigner),
+    /// Until the last window the row is in closes (fires, plus allowed lateness).
+    Window(Assigner, i64),
     /// Until no later row's frame reaches it (ROWS frames: until it is emitted).
     Over { horizon_ms: i64 },
 }
@@ -1149,7 +1163,7 @@ enum Hold {
 impl Hold {
     fn until(&self, ts: i64) -> i64 {
         match self {
-            Hold::Window(w) => w.last_end(ts).saturating_sub(1),
+            Hold::Window(w, lateness) => w.last_end(ts).saturating_sub(1).saturating_add(*lateness),
             Hold::Over { horizon_ms } => ts.saturating_add(*horizon_ms),
         }
     }

@@ -17,7 +17,7 @@ use datafusion::logical_expr::{Expr, ExprSchemable, ScalarUDF};
 use datafusion::optimizer::simplify_expressions::ExprSimplifier;
 use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
 use datafusion::physical_expr::{PhysicalExpr, create_physical_expr};
-use weir_sql::{Flow, GroupKey, Stage, predict_model};
+use weir_sql::{Flow, GroupKey, Stage, WindowKind, predict_model};
 
 use crate::over::{OverAggregateOp, OverCallSpec};
 
@@ -25,7 +25,9 @@ use crate::chain::Chain;
 use crate::operator::Operator;
 use crate::predict::{BoundPredict, Model};
 use crate::stateless::{FilterOp, ProjectOp, WindowColumnsOp};
-use crate::window::{AggregateSpec, Assigner, OutputColumn, WindowAggregateOp};
+use crate::window::{
+    AggregateSpec, Aggregation, Assigner, OutputColumn, SessionOp, WindowAggregateOp,
+};
 
 /// Output schemas are all-nullable: DataFusion's nullability inference is not
 /// something a running pipeline should fail on.
@@ -175,15 +177,37 @@ pub fn build_chain(flow: &Flow, models: &HashMap<String, Arc<Model>>) -> anyhow:
                     });
                     columns.push(OutputColumn::Aggregate(i));
                 }
-                ops.push(Box::new(WindowAggregateOp::new(
-                    Assigner::new(w.kind, w.offset_ms),
-                    w.time_column,
+                let agg = Aggregation::new(
                     key_exprs,
                     key_types,
                     aggregates,
                     columns,
                     nullable(w.output.as_arrow()),
-                )?));
+                )?;
+                match w.kind {
+                    WindowKind::Session { gap_ms } => {
+                        let mut partition_exprs = Vec::new();
+                        let mut partition_types = Vec::new();
+                        for e in &w.partition_by {
+                            partition_types.push(e.get_type(&w.input)?);
+                            partition_exprs.push(physical(e, &w.input, models)?);
+                        }
+                        ops.push(Box::new(SessionOp::new(
+                            agg,
+                            partition_exprs,
+                            partition_types,
+                            w.time_column,
+                            gap_ms,
+                            w.allowed_lateness_ms,
+                        )?));
+                    }
+                    kind => ops.push(Box::new(WindowAggregateOp::new(
+                        Assigner::new(kind, w.offset_ms),
+                        w.time_column,
+                        agg,
+                        w.allowed_lateness_ms,
+                    ))),
+                }
             }
             Stage::Over(o) => {
                 let mut key_exprs = Vec::new();

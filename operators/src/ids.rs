@@ -6,7 +6,13 @@
 //! - a row read from a source: `b'S'`, 3 zero bytes, partition (i32 BE),
 //!   offset (i64 BE);
 //! - a window result: the first 16 bytes of BLAKE3 over the row-encoded group
-//!   key and the window end (i64 BE), with the first byte forced to `b'W'`.
+//!   key and the window end (i64 BE), with the first byte forced to `b'W'`;
+//! - a session result, and a window result's later changes (allowed
+//!   lateness): BLAKE3 over what names the row and the change, the first byte
+//!   forced to the change's tag: `b'W'` insert, `b'U'` update, `b'D'` delete.
+//!
+//! The first byte therefore also says what the row is to a consumer of a
+//! changelog: see [`Change::of`].
 
 use datafusion::arrow::array::{FixedSizeBinaryArray, FixedSizeBinaryBuilder};
 
@@ -42,6 +48,59 @@ pub fn window_row_id(group_key: &[u8], window_end: i64) -> RowId {
     id
 }
 
+/// What an output row does to the result a consumer holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// A new result row (every row of an append-only flow).
+    Insert,
+    /// A result row emitted before, with new values (same key and window).
+    Update,
+    /// A result row emitted before that no longer holds (a session merged away).
+    Delete,
+}
+
+impl Change {
+    fn tag(self) -> u8 {
+        match self {
+            Change::Insert => b'W',
+            Change::Update => b'U',
+            Change::Delete => b'D',
+        }
+    }
+
+    /// The change a row identity carries.
+    pub fn of(id: &[u8]) -> Change {
+        match id.first() {
+            Some(b'U') => Change::Update,
+            Some(b'D') => Change::Delete,
+            _ => Change::Insert,
+        }
+    }
+
+    /// The `weir.change` header value, for changes other than inserts.
+    pub fn header(self) -> Option<&'static str> {
+        match self {
+            Change::Insert => None,
+            Change::Update => Some("update"),
+            Change::Delete => Some("delete"),
+        }
+    }
+}
+
+/// The identity of a changelog row: `parts` name the row (partition and group
+/// key, window bounds) and, for an update, the watermark it was emitted at.
+pub fn change_row_id(change: Change, parts: &[&[u8]]) -> RowId {
+    let mut h = blake3::Hasher::new();
+    for p in parts {
+        h.update(&(p.len() as u32).to_be_bytes());
+        h.update(p);
+    }
+    let mut id = [0u8; ROW_ID_LEN];
+    id.copy_from_slice(&h.finalize().as_bytes()[..ROW_ID_LEN]);
+    id[0] = change.tag();
+    id
+}
+
 pub fn id_array(ids: impl IntoIterator<Item = RowId>) -> FixedSizeBinaryArray {
     let iter = ids.into_iter();
     let mut b = FixedSizeBinaryBuilder::with_capacity(iter.size_hint().0, ROW_ID_LEN as i32);
@@ -66,5 +125,16 @@ mod tests {
         assert_ne!(w, window_row_id(b"card-2", 60_000));
         assert_eq!(id_array([id, w]).len(), 2);
         assert_eq!(id_array([]).len(), 0);
+        assert_eq!(Change::of(&id), Change::Insert);
+        assert_eq!(Change::of(&w), Change::Insert);
+        let u = change_row_id(Change::Update, &[b"card-1", &60_000i64.to_be_bytes()]);
+        assert_eq!(Change::of(&u), Change::Update);
+        let d = change_row_id(Change::Delete, &[b"card-1", &60_000i64.to_be_bytes()]);
+        assert_eq!(Change::of(&d), Change::Delete);
+        // Parts are length-prefixed: moving a byte between parts changes the id.
+        assert_ne!(
+            change_row_id(Change::Insert, &[b"ab", b"c"]),
+            change_row_id(Change::Insert, &[b"a", b"bc"])
+        );
     }
 }

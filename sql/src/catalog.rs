@@ -172,6 +172,8 @@ pub const SETTINGS: &[&str] = &[
     "state.changelog",
     "state.ttl",
     "table.exec.state.ttl",
+    "window.allowed-lateness",
+    "table.exec.emit.allow-lateness",
 ];
 
 /// The closest of `candidates` to `word`, if it is close enough to be a typo.
@@ -232,7 +234,9 @@ pub fn check_setting_value(key: &str, value: &Spanned<String>) -> LResult<()> {
         | "execution.linger"
         | "table.exec.source.idle-timeout"
         | "state.ttl"
-        | "table.exec.state.ttl" => parse_duration_ms(v).is_some(),
+        | "table.exec.state.ttl"
+        | "window.allowed-lateness"
+        | "table.exec.emit.allow-lateness" => parse_duration_ms(v).is_some(),
         "state.cache.size" => parse_size_bytes(v).is_some(),
         "state.changelog" => matches!(v, "true" | "false"),
         "execution.batch-size" => v.trim().parse::<usize>().is_ok_and(|n| n > 0),

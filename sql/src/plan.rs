@@ -37,6 +37,11 @@ pub struct WindowAggregate {
     pub group: Vec<GroupKey>,
     pub aggregates: Vec<Expr>,
     pub output: DFSchemaRef,
+    /// SESSION's `PARTITION BY` columns, over `input` (empty: one partition).
+    pub partition_by: Vec<Expr>,
+    /// `'window.allowed-lateness'`: how long after firing a window stays open
+    /// to late rows, re-emitting changed results as updates.
+    pub allowed_lateness_ms: i64,
 }
 
 /// The frame of a per-event OVER aggregate: the rows of the same partition
@@ -321,6 +326,11 @@ impl fmt::Display for PipelinePlan {
                                 fmt_ms(step_ms),
                                 fmt_ms(size_ms)
                             ),
+                            WindowKind::Session { gap_ms } => format!(
+                                "SESSION(partition by [{}], gap {})",
+                                fmt_exprs(&w.partition_by),
+                                fmt_ms(gap_ms)
+                            ),
                         };
                         let group: Vec<String> = w
                             .group
@@ -340,10 +350,22 @@ impl fmt::Display for PipelinePlan {
                             fmt_exprs(&w.aggregates),
                             fmt_schema(w.output.as_arrow())
                         )?;
-                        writeln!(
-                            f,
-                            "      state: one pane per open window, keyed by the group key; fires when the watermark passes window_end"
-                        )?;
+                        let state = match w.kind {
+                            WindowKind::Session { .. } => {
+                                "per partition key, its open sessions (merged as rows bridge them), each with its groups' accumulator states; a session fires when the watermark passes window_end"
+                            }
+                            _ => {
+                                "one pane per open window, keyed by the group key; fires when the watermark passes window_end"
+                            }
+                        };
+                        writeln!(f, "      state: {state}")?;
+                        if w.allowed_lateness_ms > 0 {
+                            writeln!(
+                                f,
+                                "      allowed lateness {}: a fired window stays open that long; late rows re-emit changed groups (weir.change: update/delete)",
+                                fmt_ms(w.allowed_lateness_ms)
+                            )?;
+                        }
                     }
                     Stage::Over(o) => {
                         let calls: Vec<String> = o

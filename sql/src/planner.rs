@@ -164,6 +164,7 @@ impl ContextProvider for Provider {
 #[derive(Debug, Clone)]
 struct Tvf {
     source: String,
+    partition_by: Vec<String>,
     kind: WindowKind,
     offset_ms: i64,
     time_column: String,
@@ -365,10 +366,17 @@ impl<'a> Planner<'a> {
             .find_map(|k| self.settings.get(*k))
             .and_then(|v| crate::catalog::parse_duration_ms(v))
             .map(|ms| ms as i64);
+        let allowed_lateness_ms = ["window.allowed-lateness", "table.exec.emit.allow-lateness"]
+            .iter()
+            .find_map(|k| self.settings.get(*k))
+            .and_then(|v| crate::catalog::parse_duration_ms(v))
+            .map_or(0, |ms| ms as i64);
         for flow in &mut self.flows {
             for stage in &mut flow.stages {
-                if let Stage::Over(o) = stage {
-                    o.ttl_ms = ttl_ms;
+                match stage {
+                    Stage::Over(o) => o.ttl_ms = ttl_ms,
+                    Stage::WindowAggregate(w) => w.allowed_lateness_ms = allowed_lateness_ms,
+                    _ => {}
                 }
             }
         }
@@ -413,6 +421,24 @@ impl<'a> Planner<'a> {
                 ),
             ));
         }
+        for column in &tvf.partition_by {
+            if !table.columns.iter().any(|c| c.name == column.value) {
+                let names: Vec<&str> = table.columns.iter().map(|c| c.name.as_str()).collect();
+                let hint = match crate::catalog::did_you_mean(&column.value, &names) {
+                    Some(s) => format!("did you mean {s}? "),
+                    None => String::new(),
+                };
+                return Err(Located::new(
+                    column.pos,
+                    format!(
+                        "PARTITION BY {}: table {} has no such column; {hint}columns: {}",
+                        column.value,
+                        table.name,
+                        names.join(", ")
+                    ),
+                ));
+            }
+        }
         let name = format!("#{}", self.tvfs.len());
         let mut fields: Vec<Field> = table
             .schema()
@@ -435,6 +461,7 @@ impl<'a> Planner<'a> {
             name.clone(),
             Tvf {
                 source: table.name.clone(),
+                partition_by: tvf.partition_by.iter().map(|c| c.value.clone()).collect(),
                 kind: tvf.kind,
                 offset_ms: tvf.offset_ms,
                 time_column: wm_column.clone(),
@@ -836,6 +863,25 @@ impl<'a> Planner<'a> {
                             ),
                         )
                     })?;
+                let partition_by = tvf
+                    .partition_by
+                    .iter()
+                    .map(|name| {
+                        input
+                            .fields()
+                            .iter()
+                            .position(|f| f.name() == name)
+                            .map(|i| Expr::Column(DfColumn::from(input.qualified_field(i))))
+                            .ok_or_else(|| {
+                                Located::new(
+                                    query.pos,
+                                    format!(
+                                        "the session's PARTITION BY column {name} must reach the window's GROUP BY"
+                                    ),
+                                )
+                            })
+                    })
+                    .collect::<LResult<Vec<_>>>()?;
                 chain
                     .stages
                     .push(Stage::WindowAggregate(Box::new(WindowAggregate {
@@ -846,6 +892,8 @@ impl<'a> Planner<'a> {
                         group,
                         aggregates: a.aggr_expr.clone(),
                         output: a.schema.clone(),
+                        partition_by,
+                        allowed_lateness_ms: 0,
                     })));
                 Ok(chain)
             }

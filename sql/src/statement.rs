@@ -64,6 +64,11 @@ pub enum WindowKind {
         step_ms: i64,
         size_ms: i64,
     },
+    /// Per partition key, rows closer than `gap_ms` (or exactly that far apart)
+    /// share a window: `[first ts, last ts + gap)`.
+    Session {
+        gap_ms: i64,
+    },
 }
 
 /// `TABLE(TUMBLE(TABLE t, DESCRIPTOR(ts), INTERVAL ...))` as written in a query.
@@ -72,6 +77,8 @@ pub struct WindowTvf {
     pub range: Range<usize>,
     pub pos: Pos,
     pub table: Spanned<String>,
+    /// SESSION's `PARTITION BY` columns: sessions are per value of these.
+    pub partition_by: Vec<Spanned<String>>,
     pub time_column: Spanned<String>,
     pub kind: WindowKind,
     pub offset_ms: i64,
@@ -529,12 +536,32 @@ impl Cursor<'_> {
         let start = self.file.index(start_token.span.start);
         let tvf_pos = pos(start_token.span.start);
         self.at += 2; // TABLE (
-        let func = self.ident("TUMBLE, HOP or CUMULATE")?;
+        let func = self.ident("TUMBLE, HOP, CUMULATE or SESSION")?;
         let func_name = func.value.to_ascii_uppercase();
         self.expect(Token::LParen)?;
         self.expect_keyword("TABLE")?;
         let table = self.object_name("the source table name")?;
-        self.expect(Token::Comma)?;
+        let mut partition_by = Vec::new();
+        if self.is_keyword("PARTITION") {
+            if func_name != "SESSION" {
+                return Err(Located::new(
+                    self.here(),
+                    format!(
+                        "PARTITION BY is for SESSION windows; {func_name} windows are the same for every key"
+                    ),
+                ));
+            }
+            self.at += 1;
+            self.expect_keyword("BY")?;
+            loop {
+                partition_by.push(self.ident("a column to partition sessions by")?);
+                if !self.eat(&Token::Comma) || self.is_keyword("DESCRIPTOR") {
+                    break;
+                }
+            }
+        } else {
+            self.expect(Token::Comma)?;
+        }
         self.expect_keyword("DESCRIPTOR")?;
         self.expect(Token::LParen)?;
         let time_column = self.ident("the event-time column")?;
@@ -609,10 +636,22 @@ impl Cursor<'_> {
                     "HOP takes (TABLE t, DESCRIPTOR(ts), slide, size [, offset])",
                 ));
             }
+            ("SESSION", [gap]) => (
+                WindowKind::Session {
+                    gap_ms: positive(*gap)?,
+                },
+                0,
+            ),
+            ("SESSION", _) => {
+                return Err(Located::new(
+                    func.pos,
+                    "SESSION takes (TABLE t [PARTITION BY k, ...], DESCRIPTOR(ts), gap), e.g. SESSION(TABLE tx PARTITION BY card_id, DESCRIPTOR(ts), INTERVAL '30' SECOND)",
+                ));
+            }
             (other, _) => {
                 return Err(Located::new(
                     func.pos,
-                    format!("the {other} window is not supported yet: use TUMBLE, HOP or CUMULATE"),
+                    format!("unknown window {other}: use TUMBLE, HOP, CUMULATE or SESSION"),
                 ));
             }
         };
@@ -620,6 +659,7 @@ impl Cursor<'_> {
             range: start..end,
             pos: tvf_pos,
             table,
+            partition_by,
             time_column,
             kind,
             offset_ms: offset,

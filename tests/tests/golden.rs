@@ -160,24 +160,34 @@ fn run_case(case: &Path, brokers: &str) -> anyhow::Result<()> {
             .filter(|l| !l.trim().is_empty())
             .map(|l| {
                 let v = parse_or_raw(l.as_bytes());
-                if with_keys {
+                let mut v = if with_keys {
                     v
                 } else {
                     serde_json::json!({ "value": v })
+                };
+                // A record without a `weir.change` header is an insert.
+                if v.get("change").is_none() {
+                    v["change"] = Value::from("insert");
                 }
+                v
             })
             .collect();
         let actual: Vec<Value> = read_all(brokers, &topic, Duration::from_secs(20))?
             .into_iter()
             .map(|r| {
                 let v = parse_or_raw(&r.value);
+                let change = r
+                    .headers
+                    .get("weir.change")
+                    .cloned()
+                    .unwrap_or_else(|| "insert".into());
                 if with_keys {
                     let key = r
                         .key
                         .map(|k| Value::String(String::from_utf8_lossy(&k).into_owned()));
-                    serde_json::json!({ "key": key, "value": v })
+                    serde_json::json!({ "key": key, "value": v, "change": change })
                 } else {
-                    serde_json::json!({ "value": v })
+                    serde_json::json!({ "value": v, "change": change })
                 }
             })
             .collect();

@@ -21,6 +21,8 @@ impl Assigner {
             WindowKind::Tumble { size_ms } => (size_ms, size_ms, None),
             WindowKind::Hop { slide_ms, size_ms } => (slide_ms, size_ms, None),
             WindowKind::Cumulate { step_ms, size_ms } => (size_ms, size_ms, Some(step_ms)),
+            // Sessions are not aligned: their operator never builds an assigner.
+            WindowKind::Session { .. } => unreachable!("SESSION windows have no assigner"),
         };
         Self {
             slide,

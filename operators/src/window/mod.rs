@@ -1,4 +1,4 @@
-//! Event-time window aggregation for TUMBLE, HOP and CUMULATE.
+//! Event-time window aggregation for TUMBLE, HOP and CUMULATE (SESSION: [`session`]).
 //!
 //! ```text
 //! batch --assign--> (row, window) pairs --group key--> pane of that window
@@ -10,8 +10,14 @@
 //!
 //! Every aggregate DataFusion has works here: the operator drives DataFusion's
 //! `GroupsAccumulator`s (or its `Accumulator`s through the adapter). A row whose
-//! windows have all fired when it arrives is late: it goes to the context's
+//! windows have all closed when it arrives is late: it goes to the context's
 //! late output instead.
+//!
+//! Allowed lateness (`'window.allowed-lateness'`): a fired pane stays in the
+//! store until the watermark passes its end by that much. Late rows update it;
+//! at the next watermark advance the groups they changed are re-emitted, as
+//! updates (or inserts, for groups new to the window), identified as such by
+//! their row identity ([`crate::ids::Change`]).
 //!
 //! State: with a store attached, a pane's delta is written to the store before
 //! each checkpoint and whenever the operator's memory passes its budget, so
@@ -20,52 +26,35 @@
 //! ```text
 //! pane(8) key_len(u32 BE) key  0            -> accumulator states of the non-DISTINCT aggregates
 //! pane(8) key_len(u32 BE) key  1 agg(u8) v  -> (empty): value v seen by DISTINCT aggregate agg
+//! pane(8) key_len(u32 BE) key  2            -> [emitted before]: a fired pane's group changed by
+//!                                              late rows, to re-emit (allowed lateness)
 //! ```
 //! `pane` is the window end, sign bit flipped, big-endian, so panes scan in
 //! time order. A pane that was never written to the store fires straight from
 //! memory. DISTINCT aggregates are evaluated at fire time from the stored
 //! sightings of a stored pane, and incrementally for an in-memory one.
 
+mod aggregation;
 mod assign;
+mod session;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use anyhow::Context as _;
-use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, RecordBatch, TimestampMillisecondArray, UInt32Array,
-};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, UInt32Array};
 use datafusion::arrow::compute::take;
-use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::arrow::row::{RowConverter, SortField};
-use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
-use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
-use datafusion::physical_expr::{GroupsAccumulatorAdapter, PhysicalExpr};
+use datafusion::logical_expr::GroupsAccumulator;
 use hashbrown::{HashMap, HashSet};
 use weir_state::OperatorState;
 
+pub use aggregation::{AggregateSpec, Aggregation, OutputColumn};
 pub use assign::Assigner;
+pub use session::SessionOp;
 
-use crate::ids::{id_array, window_row_id};
+use aggregation::{Inputs, first_sightings};
+
+use crate::ids::{Change, RowId, change_row_id, id_array, window_row_id};
 use crate::operator::{Batch, Context, Operator, StateAttachment, event_times};
-
-/// Where each output column of the aggregate comes from.
-#[derive(Debug, Clone, Copy)]
-pub enum OutputColumn {
-    Key(usize),
-    WindowStart,
-    WindowEnd,
-    WindowTime,
-    Aggregate(usize),
-}
-
-pub struct AggregateSpec {
-    pub expr: Arc<AggregateFunctionExpr>,
-    pub filter: Option<Arc<dyn PhysicalExpr>>,
-    /// For `agg(DISTINCT ...)`: `expr` is the plain aggregate, and this encodes
-    /// its arguments so each (group, value) reaches it once.
-    pub distinct: Option<RowConverter>,
-}
 
 /// What a pane accumulated since it was last written to the store.
 struct Delta {
@@ -84,6 +73,11 @@ struct Pane {
     delta: Delta,
     /// Whether the store holds groups of this pane.
     in_store: bool,
+    /// Whether the window has fired (it is kept for allowed lateness).
+    fired: bool,
+    /// Of a fired pane: the groups late rows changed since the last emission,
+    /// and whether each had been emitted before (an update, not an insert).
+    changed: BTreeMap<Box<[u8]>, bool>,
 }
 
 /// Groups read back from the store per evaluation, bounding memory at fire time.
@@ -91,20 +85,17 @@ const FIRE_CHUNK_GROUPS: usize = 8192;
 
 const KIND_STATE: u8 = 0;
 const KIND_SIGHTING: u8 = 1;
+/// A fired pane's group that late rows changed and that is still to be
+/// re-emitted (value: 1 if it had been emitted before), written at checkpoints.
+const KIND_CHANGED: u8 = 2;
 
 pub struct WindowAggregateOp {
     assigner: Assigner,
     time_column: usize,
-    key_exprs: Vec<Arc<dyn PhysicalExpr>>,
-    converter: RowConverter,
-    aggregates: Vec<AggregateSpec>,
-    /// Encodes the accumulator states of the non-DISTINCT aggregates, in order.
-    state_converter: Option<RowConverter>,
-    /// Per aggregate, how many state columns it has (0 for DISTINCT ones).
-    state_widths: Vec<usize>,
-    columns: Vec<OutputColumn>,
-    schema: SchemaRef,
-    /// Open panes by window end.
+    agg: Aggregation,
+    /// `'window.allowed-lateness'`: a fired pane is kept this long in event time.
+    lateness: i64,
+    /// Open and kept panes by window end.
     panes: BTreeMap<i64, Pane>,
     /// The watermark up to which windows have fired.
     fired_through: i64,
@@ -130,74 +121,55 @@ fn group_prefix(end: i64, key: &[u8]) -> Vec<u8> {
     k
 }
 
+fn with_kind(prefix: &[u8], kind: u8) -> Vec<u8> {
+    let mut k = Vec::with_capacity(prefix.len() + 1);
+    k.extend_from_slice(prefix);
+    k.push(kind);
+    k
+}
+
+/// A stored key's group key and kind byte.
+fn split_stored_key(k: &[u8]) -> (&[u8], u8, &[u8]) {
+    let len = u32::from_be_bytes(k[8..12].try_into().expect("stored key layout")) as usize;
+    (&k[12..12 + len], k[12 + len], &k[13 + len..])
+}
+
 impl WindowAggregateOp {
     pub fn new(
         assigner: Assigner,
         time_column: usize,
-        key_exprs: Vec<Arc<dyn PhysicalExpr>>,
-        key_types: Vec<datafusion::arrow::datatypes::DataType>,
-        aggregates: Vec<AggregateSpec>,
-        columns: Vec<OutputColumn>,
-        schema: SchemaRef,
-    ) -> anyhow::Result<Self> {
-        let converter = RowConverter::new(key_types.into_iter().map(SortField::new).collect())?;
-        let mut state_fields = Vec::new();
-        let mut state_widths = Vec::new();
-        for a in &aggregates {
-            if a.distinct.is_some() {
-                state_widths.push(0);
-                continue;
-            }
-            let fields = a.expr.state_fields()?;
-            state_widths.push(fields.len());
-            state_fields.extend(fields.iter().map(|f| SortField::new(f.data_type().clone())));
-        }
-        let state_converter = if state_fields.is_empty() {
-            None
-        } else {
-            Some(RowConverter::new(state_fields).with_context(
-                || "an aggregate's intermediate state cannot be stored (unsupported type)",
-            )?)
-        };
-        Ok(Self {
+        agg: Aggregation,
+        allowed_lateness_ms: i64,
+    ) -> Self {
+        Self {
             assigner,
             time_column,
-            key_exprs,
-            converter,
-            aggregates,
-            state_converter,
-            state_widths,
-            columns,
-            schema,
+            agg,
+            lateness: allowed_lateness_ms,
             panes: BTreeMap::new(),
             fired_through: i64::MIN,
             store: None,
             memory_budget: usize::MAX,
-        })
+        }
     }
 
-    fn new_accumulators(&self) -> anyhow::Result<Vec<Box<dyn GroupsAccumulator>>> {
-        self.aggregates
-            .iter()
-            .map(|a| -> anyhow::Result<Box<dyn GroupsAccumulator>> {
-                if a.expr.groups_accumulator_supported() {
-                    Ok(a.expr.create_groups_accumulator()?)
-                } else {
-                    let expr = a.expr.clone();
-                    Ok(Box::new(GroupsAccumulatorAdapter::new(move || {
-                        expr.create_accumulator()
-                    })))
-                }
-            })
-            .collect()
+    /// Allowed lateness in effect: fired panes are kept in the store, so
+    /// without one (operator tests) windows close when they fire.
+    fn lateness(&self) -> i64 {
+        if self.store.is_some() {
+            self.lateness
+        } else {
+            0
+        }
     }
 
     fn new_delta(&self) -> anyhow::Result<Delta> {
         Ok(Delta {
             groups: HashMap::new(),
             keys: Vec::new(),
-            accumulators: self.new_accumulators()?,
+            accumulators: self.agg.new_accumulators()?,
             seen: self
+                .agg
                 .aggregates
                 .iter()
                 .map(|a| a.distinct.as_ref().map(|_| HashSet::new()))
@@ -206,101 +178,23 @@ impl WindowAggregateOp {
         })
     }
 
-    /// Evaluates `accumulators` (groups in the order of `keys`) into output rows.
+    /// Output rows of `keys`' groups of the window ending at `end`.
     fn emit(
         &self,
         end: i64,
-        keys: &[Box<[u8]>],
-        mut accumulators: Vec<Box<dyn GroupsAccumulator>>,
+        keys: &[&[u8]],
+        accumulators: Vec<Box<dyn GroupsAccumulator>>,
+        ids: Vec<RowId>,
         watermark: i64,
     ) -> anyhow::Result<Batch> {
-        let n = keys.len();
-        let key_columns = if self.key_exprs.is_empty() {
-            Vec::new()
-        } else {
-            let parser = self.converter.parser();
-            self.converter
-                .convert_rows(keys.iter().map(|k| parser.parse(k)))?
-        };
-        let values = accumulators
-            .iter_mut()
-            .map(|a| a.evaluate(EmitTo::All))
-            .collect::<datafusion::common::Result<Vec<ArrayRef>>>()?;
-        let start = self.assigner.start_of(end);
-        let constant =
-            |v: i64| -> ArrayRef { Arc::new(TimestampMillisecondArray::from_value(v, n)) };
-        let columns: Vec<ArrayRef> = self
-            .columns
-            .iter()
-            .map(|c| match c {
-                OutputColumn::Key(i) => key_columns[*i].clone(),
-                OutputColumn::WindowStart => constant(start),
-                OutputColumn::WindowEnd => constant(end),
-                OutputColumn::WindowTime => constant(end - 1),
-                OutputColumn::Aggregate(i) => values[*i].clone(),
-            })
-            .collect();
-        let data = RecordBatch::try_new(self.schema.clone(), columns)?;
-        let ids = id_array(keys.iter().map(|k| window_row_id(k, end)));
-        Ok(Batch::uniform(data, watermark, Arc::new(ids)))
-    }
-
-    /// The state columns of the non-DISTINCT aggregates of `accumulators`,
-    /// taken out of them.
-    fn take_states(
-        &self,
-        accumulators: &mut [Box<dyn GroupsAccumulator>],
-    ) -> anyhow::Result<Vec<ArrayRef>> {
-        let mut columns = Vec::new();
-        for (i, acc) in accumulators.iter_mut().enumerate() {
-            if self.state_widths[i] > 0 {
-                columns.extend(acc.state(EmitTo::All)?);
-            }
-        }
-        Ok(columns)
-    }
-
-    /// Merges stored state rows into `accumulators`: `rows[j]` belongs to
-    /// group `groups[j]`.
-    fn merge_state_rows(
-        &self,
-        accumulators: &mut [Box<dyn GroupsAccumulator>],
-        rows: &[&[u8]],
-        groups: &[usize],
-        total_groups: usize,
-    ) -> anyhow::Result<()> {
-        let Some(conv) = &self.state_converter else {
-            return Ok(());
-        };
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let parser = conv.parser();
-        let columns = conv.convert_rows(rows.iter().map(|r| parser.parse(r)))?;
-        self.merge_state_columns(accumulators, &columns, groups, total_groups)
-    }
-
-    fn merge_state_columns(
-        &self,
-        accumulators: &mut [Box<dyn GroupsAccumulator>],
-        columns: &[ArrayRef],
-        groups: &[usize],
-        total_groups: usize,
-    ) -> anyhow::Result<()> {
-        let mut at = 0;
-        for (i, acc) in accumulators.iter_mut().enumerate() {
-            let w = self.state_widths[i];
-            if w == 0 {
-                continue;
-            }
-            acc.merge_batch(&columns[at..at + w], groups, total_groups)?;
-            at += w;
-        }
-        Ok(())
+        let bounds = vec![(self.assigner.start_of(end), end); keys.len()];
+        let data = self.agg.evaluate(keys, &bounds, accumulators)?;
+        Ok(Batch::uniform(data, watermark, Arc::new(id_array(ids))))
     }
 
     /// Writes the pane's delta to the store, merged with what the store
-    /// already holds for its groups, and starts a new delta.
+    /// already holds for its groups, and starts a new delta. Of a fired pane,
+    /// records the groups it changed.
     fn flush_pane(&self, pane: &mut Pane) -> anyhow::Result<()> {
         let store = self.store.as_ref().expect("flush_pane needs a store");
         if pane.delta.keys.is_empty() {
@@ -314,34 +208,33 @@ impl WindowAggregateOp {
         } = std::mem::replace(&mut pane.delta, self.new_delta()?);
         let n = keys.len();
         let prefixes: Vec<Vec<u8>> = keys.iter().map(|k| group_prefix(pane.end, k)).collect();
-        let state_keys: Vec<Vec<u8>> = prefixes
-            .iter()
-            .map(|p| {
-                let mut k = p.clone();
-                k.push(KIND_STATE);
-                k
-            })
-            .collect();
+        let state_keys: Vec<Vec<u8>> = prefixes.iter().map(|p| with_kind(p, KIND_STATE)).collect();
+        let existing = if pane.in_store {
+            let refs: Vec<&[u8]> = state_keys.iter().map(|k| k.as_slice()).collect();
+            store.multi_get(&refs)?
+        } else {
+            vec![None; n]
+        };
+        if pane.fired {
+            for (k, e) in keys.iter().zip(&existing) {
+                pane.changed.entry(k.clone()).or_insert(e.is_some());
+            }
+        }
         let mut batch = store.batch();
-        if let Some(conv) = &self.state_converter {
-            let mut columns = self.take_states(&mut accumulators)?;
-            let existing = if pane.in_store {
-                let refs: Vec<&[u8]> = state_keys.iter().map(|k| k.as_slice()).collect();
-                store.multi_get(&refs)?
-            } else {
-                Vec::new()
-            };
+        if let Some(conv) = &self.agg.state_converter {
+            let mut columns = self.agg.take_states(&mut accumulators)?;
             if existing.iter().any(Option::is_some) {
-                let mut merged = self.new_accumulators()?;
+                let mut merged = self.agg.new_accumulators()?;
                 let (rows, groups): (Vec<&[u8]>, Vec<usize>) = existing
                     .iter()
                     .enumerate()
                     .filter_map(|(g, v)| v.as_deref().map(|v| (v, g)))
                     .unzip();
-                self.merge_state_rows(&mut merged, &rows, &groups, n)?;
+                self.agg.merge_state_rows(&mut merged, &rows, &groups, n)?;
                 let all: Vec<usize> = (0..n).collect();
-                self.merge_state_columns(&mut merged, &columns, &all, n)?;
-                columns = self.take_states(&mut merged)?;
+                self.agg
+                    .merge_state_columns(&mut merged, &columns, &all, n)?;
+                columns = self.agg.take_states(&mut merged)?;
             }
             let rows = conv.convert_columns(&columns)?;
             for (g, k) in state_keys.iter().enumerate() {
@@ -356,8 +249,7 @@ impl WindowAggregateOp {
             let Some(seen) = seen else { continue };
             for s in seen {
                 let g = u32::from_le_bytes(s[..4].try_into().expect("4-byte group index"));
-                let mut k = prefixes[g as usize].clone();
-                k.push(KIND_SIGHTING);
+                let mut k = with_kind(&prefixes[g as usize], KIND_SIGHTING);
                 k.push(agg as u8);
                 k.extend_from_slice(&s[4..]);
                 store.put(&mut batch, &k, &[])?;
@@ -368,31 +260,43 @@ impl WindowAggregateOp {
         Ok(())
     }
 
-    /// Evaluates a pane whose window has ended.
-    fn fire(&self, mut pane: Pane, watermark: i64, out: &mut Vec<Batch>) -> anyhow::Result<()> {
-        if !pane.in_store {
-            let Delta {
-                keys, accumulators, ..
-            } = pane.delta;
-            if !keys.is_empty() {
-                out.push(self.emit(pane.end, &keys, accumulators, watermark)?);
+    /// Evaluates a pane whose window has ended; with `keep`, leaves it in the
+    /// store (allowed lateness).
+    fn fire(
+        &self,
+        pane: &mut Pane,
+        watermark: i64,
+        keep: bool,
+        out: &mut Vec<Batch>,
+    ) -> anyhow::Result<()> {
+        let end = pane.end;
+        if !pane.in_store && !keep {
+            pane.fired = true;
+            let delta = std::mem::replace(&mut pane.delta, self.new_delta()?);
+            if !delta.keys.is_empty() {
+                let keys: Vec<&[u8]> = delta.keys.iter().map(|k| k.as_ref()).collect();
+                let ids = keys.iter().map(|k| window_row_id(k, end)).collect();
+                out.push(self.emit(end, &keys, delta.accumulators, ids, watermark)?);
             }
             return Ok(());
         }
-        self.flush_pane(&mut pane)?;
+        self.flush_pane(pane)?;
+        pane.fired = true;
         let store = self.store.as_ref().expect("a stored pane has a store");
-        let prefix = pane_prefix(pane.end);
+        let prefix = pane_prefix(end);
         let mut keys: Vec<Box<[u8]>> = Vec::new();
         let mut states: Vec<Box<[u8]>> = Vec::new();
         let mut sightings: Vec<(usize, u8, Box<[u8]>)> = Vec::new();
+        let insert = |k: &[u8]| window_row_id(k, end);
         for entry in store.scan(&prefix)? {
             let (k, v) = entry?;
-            let len = u32::from_be_bytes(k[8..12].try_into().expect("stored key layout")) as usize;
-            let key = &k[12..12 + len];
-            match k[12 + len] {
+            let (key, kind, rest) = split_stored_key(&k);
+            match kind {
                 KIND_STATE => {
                     if keys.len() >= FIRE_CHUNK_GROUPS {
-                        self.emit_stored(pane.end, &keys, &states, &sightings, watermark, out)?;
+                        self.emit_stored(
+                            pane.end, &keys, &states, &sightings, &insert, watermark, out,
+                        )?;
                         keys.clear();
                         states.clear();
                         sightings.clear();
@@ -400,48 +304,132 @@ impl WindowAggregateOp {
                     keys.push(key.into());
                     states.push(v);
                 }
-                _ => {
-                    let agg = k[13 + len];
-                    sightings.push((keys.len() - 1, agg, k[14 + len..].into()));
-                }
+                KIND_SIGHTING => sightings.push((keys.len() - 1, rest[0], rest[1..].into())),
+                _ => {}
             }
         }
         if !keys.is_empty() {
-            self.emit_stored(pane.end, &keys, &states, &sightings, watermark, out)?;
+            self.emit_stored(
+                pane.end, &keys, &states, &sightings, &insert, watermark, out,
+            )?;
         }
+        if !keep {
+            self.purge(pane)?;
+        }
+        Ok(())
+    }
+
+    /// Re-emits the groups of a fired pane that late rows changed: updates of
+    /// groups emitted before, inserts of new ones.
+    fn emit_changes(
+        &self,
+        pane: &mut Pane,
+        watermark: i64,
+        out: &mut Vec<Batch>,
+    ) -> anyhow::Result<()> {
+        self.flush_pane(pane)?;
+        if pane.changed.is_empty() {
+            return Ok(());
+        }
+        let store = self.store.as_ref().expect("a fired pane is in the store");
+        let changed = std::mem::take(&mut pane.changed);
+        let mut clear = store.batch();
+        for chunk in changed.iter().collect::<Vec<_>>().chunks(FIRE_CHUNK_GROUPS) {
+            let prefixes: Vec<Vec<u8>> = chunk
+                .iter()
+                .map(|(k, _)| group_prefix(pane.end, k))
+                .collect();
+            let state_keys: Vec<Vec<u8>> =
+                prefixes.iter().map(|p| with_kind(p, KIND_STATE)).collect();
+            let refs: Vec<&[u8]> = state_keys.iter().map(|k| k.as_slice()).collect();
+            let states: Vec<Box<[u8]>> = store
+                .multi_get(&refs)?
+                .into_iter()
+                .map(|v| v.unwrap_or_default().into_boxed_slice())
+                .collect();
+            let mut sightings = Vec::new();
+            if self.agg.aggregates.iter().any(|a| a.distinct.is_some()) {
+                for (g, p) in prefixes.iter().enumerate() {
+                    let sp = with_kind(p, KIND_SIGHTING);
+                    for entry in store.scan(&sp)? {
+                        let (k, _) = entry?;
+                        let rest = &k[sp.len()..];
+                        sightings.push((g, rest[0], rest[1..].into()));
+                    }
+                }
+            }
+            for p in &prefixes {
+                store.delete(&mut clear, &with_kind(p, KIND_CHANGED))?;
+            }
+            let keys: Vec<Box<[u8]>> = chunk.iter().map(|(k, _)| (*k).clone()).collect();
+            let emitted_before: HashMap<&[u8], bool> =
+                chunk.iter().map(|(k, e)| (k.as_ref(), **e)).collect();
+            let start = self.assigner.start_of(pane.end);
+            let id = |k: &[u8]| {
+                if emitted_before[k] {
+                    change_row_id(
+                        Change::Update,
+                        &[
+                            k,
+                            &start.to_be_bytes(),
+                            &pane.end.to_be_bytes(),
+                            &watermark.to_be_bytes(),
+                        ],
+                    )
+                } else {
+                    window_row_id(k, pane.end)
+                }
+            };
+            self.emit_stored(pane.end, &keys, &states, &sightings, &id, watermark, out)?;
+        }
+        store.write(clear)?;
+        Ok(())
+    }
+
+    fn purge(&self, pane: &Pane) -> anyhow::Result<()> {
+        if !pane.in_store {
+            return Ok(());
+        }
+        let store = self.store.as_ref().expect("a stored pane has a store");
         let mut batch = store.batch();
-        store.delete_prefix(&mut batch, &prefix)?;
+        store.delete_prefix(&mut batch, &pane_prefix(pane.end))?;
         store.write(batch)?;
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn emit_stored(
         &self,
         end: i64,
         keys: &[Box<[u8]>],
         states: &[Box<[u8]>],
         sightings: &[(usize, u8, Box<[u8]>)],
+        id: &dyn Fn(&[u8]) -> RowId,
         watermark: i64,
         out: &mut Vec<Batch>,
     ) -> anyhow::Result<()> {
         let n = keys.len();
-        let mut accumulators = self.new_accumulators()?;
+        let mut accumulators = self.agg.new_accumulators()?;
         let rows: Vec<&[u8]> = states.iter().map(|s| s.as_ref()).collect();
         let groups: Vec<usize> = (0..n).collect();
-        self.merge_state_rows(&mut accumulators, &rows, &groups, n)?;
-        for (agg, spec) in self.aggregates.iter().enumerate() {
-            let Some(conv) = &spec.distinct else { continue };
+        self.agg
+            .merge_state_rows(&mut accumulators, &rows, &groups, n)?;
+        for (agg, spec) in self.agg.aggregates.iter().enumerate() {
+            if spec.distinct.is_none() {
+                continue;
+            }
             let (groups, values): (Vec<usize>, Vec<&[u8]>) = sightings
                 .iter()
                 .filter(|(_, a, _)| *a as usize == agg)
                 .map(|(g, _, v)| (*g, v.as_ref()))
                 .unzip();
             // Called even without sightings, so the accumulator knows all n groups.
-            let parser = conv.parser();
-            let columns = conv.convert_rows(values.iter().map(|v| parser.parse(v)))?;
-            accumulators[agg].update_batch(&columns, &groups, None, n)?;
+            self.agg
+                .update_distinct(&mut accumulators, agg, &values, &groups, n)?;
         }
-        out.push(self.emit(end, keys, accumulators, watermark)?);
+        let keys: Vec<&[u8]> = keys.iter().map(|k| k.as_ref()).collect();
+        let ids = keys.iter().map(|k| id(k)).collect();
+        out.push(self.emit(end, &keys, accumulators, ids, watermark)?);
         Ok(())
     }
 
@@ -477,138 +465,79 @@ impl WindowAggregateOp {
         }
         Ok(())
     }
-}
 
-fn pane_memory(p: &Pane) -> usize {
-    p.delta.bytes + p.delta.accumulators.iter().map(|a| a.size()).sum::<usize>()
-}
-
-/// The rows whose (group, argument values) the pane has not seen yet, among
-/// those `filter` passes; marks them seen. Rows with a null argument are passed
-/// through: aggregates ignore nulls themselves.
-fn first_sightings(
-    converter: &RowConverter,
-    seen: &mut HashSet<Box<[u8]>>,
-    bytes: &mut usize,
-    values: &[ArrayRef],
-    group_indices: &[usize],
-    filter: Option<&BooleanArray>,
-) -> anyhow::Result<BooleanArray> {
-    let rows = converter.convert_columns(values)?;
-    let mut key = Vec::new();
-    let mask = (0..group_indices.len())
-        .map(|r| {
-            if filter.is_some_and(|f| !f.is_valid(r) || !f.value(r)) {
-                return false;
-            }
-            if values.iter().any(|v| v.is_null(r)) {
-                return true;
-            }
-            key.clear();
-            key.extend_from_slice(&(group_indices[r] as u32).to_le_bytes());
-            key.extend_from_slice(rows.row(r).as_ref());
-            if seen.contains(key.as_slice()) {
-                false
+    /// The earliest watermark at which a pane needs attention: `i64::MIN` when
+    /// a fired pane has changes to re-emit (at the next advance).
+    fn next_due(&self) -> i64 {
+        let lateness = self.lateness();
+        let mut due = i64::MAX;
+        for p in self.panes.values() {
+            let t = if !p.fired {
+                p.end - 1
+            } else if !p.changed.is_empty() || !p.delta.keys.is_empty() {
+                i64::MIN
             } else {
-                *bytes += key.len() + 24;
-                seen.insert(key.as_slice().into());
-                true
+                p.end - 1 + lateness
+            };
+            due = due.min(t);
+            if p.end - 1 > due {
+                break;
             }
-        })
-        .collect::<Vec<bool>>();
-    Ok(BooleanArray::from(mask))
-}
-
-impl Operator for WindowAggregateOp {
-    fn name(&self) -> &'static str {
-        "window aggregate"
+        }
+        due
     }
 
-    fn process(
-        &mut self,
-        batch: Batch,
-        ctx: &mut Context,
-        _out: &mut Vec<Batch>,
-    ) -> anyhow::Result<()> {
-        let data = &batch.data;
-        let n = data.num_rows();
-        let times = event_times(data, self.time_column)?;
-        let wm = batch.arrival_watermark.values();
-
-        // Assign rows to panes; rows every one of whose windows has fired are late.
-        let mut by_pane: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
-        let mut late: Vec<u32> = Vec::new();
-        for row in 0..n {
-            if times.is_null(row) {
-                late.push(row as u32);
-                continue;
+    /// Moves the watermark to `watermark`: re-emits fired panes late rows
+    /// changed, fires the panes it completes, and purges those past their
+    /// allowed lateness.
+    fn advance(&mut self, watermark: i64, out: &mut Vec<Batch>) -> anyhow::Result<()> {
+        self.fired_through = watermark;
+        let lateness = self.lateness();
+        let ends: Vec<i64> = self
+            .panes
+            .range(..=watermark.saturating_add(1))
+            .map(|(e, _)| *e)
+            .collect();
+        for end in ends {
+            let mut pane = self.panes.remove(&end).expect("listed above");
+            if pane.fired {
+                self.emit_changes(&mut pane, watermark, out)?;
+            } else {
+                self.fire(&mut pane, watermark, lateness > 0, out)?;
             }
-            let ts = times.value(row);
-            let arrived_under = wm[row].max(self.fired_through);
-            let mut assigned = false;
-            for end in self.assigner.ends(ts) {
-                if end - 1 <= arrived_under {
-                    // This and every earlier window have fired.
-                    break;
+            if end - 1 + lateness <= watermark {
+                if lateness > 0 {
+                    self.purge(&pane)?;
                 }
-                by_pane.entry(end).or_default().push(row as u32);
-                assigned = true;
-            }
-            if !assigned {
-                late.push(row as u32);
+            } else {
+                self.panes.insert(end, pane);
             }
         }
-        ctx.set_aside_late(
-            &batch,
-            late,
-            "late: every window this row belongs to had already fired",
-        )?;
-        if by_pane.is_empty() {
-            return Ok(());
-        }
+        Ok(())
+    }
 
-        // Evaluate keys and aggregate inputs once for the whole batch.
-        let key_arrays = self
-            .key_exprs
-            .iter()
-            .map(|e| e.evaluate(data).and_then(|v| v.into_array(n)))
-            .collect::<datafusion::common::Result<Vec<_>>>()?;
-        // No key columns (GROUP BY only the window): every row is one group.
-        let rows = if key_arrays.is_empty() {
-            None
-        } else {
-            Some(self.converter.convert_columns(&key_arrays)?)
-        };
-        let mut inputs: Vec<Vec<ArrayRef>> = Vec::with_capacity(self.aggregates.len());
-        let mut filters: Vec<Option<BooleanArray>> = Vec::with_capacity(self.aggregates.len());
-        for a in &self.aggregates {
-            inputs.push(
-                a.expr
-                    .expressions()
-                    .iter()
-                    .map(|e| e.evaluate(data).and_then(|v| v.into_array(n)))
-                    .collect::<datafusion::common::Result<Vec<_>>>()?,
-            );
-            filters.push(match &a.filter {
-                Some(f) => Some(f.evaluate(data)?.into_array(n)?.as_boolean().clone()),
-                None => None,
-            });
-        }
-
+    /// Adds the rows `by_pane` lists to their panes.
+    fn update(
+        &mut self,
+        inputs: &Inputs,
+        n: usize,
+        by_pane: BTreeMap<i64, Vec<u32>>,
+    ) -> anyhow::Result<()> {
         for (end, indices) in by_pane {
             if !self.panes.contains_key(&end) {
                 let pane = Pane {
                     end,
                     delta: self.new_delta()?,
                     in_store: false,
+                    fired: false,
+                    changed: BTreeMap::new(),
                 };
                 self.panes.insert(end, pane);
             }
             let pane = &mut self.panes.get_mut(&end).expect("inserted above").delta;
             let mut group_indices = Vec::with_capacity(indices.len());
             for &row in &indices {
-                let key = rows.as_ref().map(|r| r.row(row as usize));
-                let bytes: &[u8] = key.as_ref().map(|k| k.as_ref()).unwrap_or(&[]);
+                let bytes = inputs.key(row as usize);
                 let g = match pane.groups.get(bytes) {
                     Some(g) => *g,
                     None => {
@@ -627,19 +556,19 @@ impl Operator for WindowAggregateOp {
             let total = pane.keys.len();
             for (i, acc) in pane.accumulators.iter_mut().enumerate() {
                 let values: Vec<ArrayRef> = match &idx {
-                    None => inputs[i].clone(),
-                    Some(idx) => inputs[i]
+                    None => inputs.values[i].clone(),
+                    Some(idx) => inputs.values[i]
                         .iter()
                         .map(|a| take(a.as_ref(), idx, None))
                         .collect::<Result<_, _>>()?,
                 };
-                let mut filter = match (&filters[i], &idx) {
+                let mut filter = match (&inputs.filters[i], &idx) {
                     (None, _) => None,
                     (Some(f), None) => Some(f.clone()),
                     (Some(f), Some(idx)) => Some(take(f, idx, None)?.as_boolean().clone()),
                 };
                 if let (Some(converter), Some(seen)) =
-                    (&self.aggregates[i].distinct, &mut pane.seen[i])
+                    (&self.agg.aggregates[i].distinct, &mut pane.seen[i])
                 {
                     filter = Some(first_sightings(
                         converter,
@@ -653,6 +582,88 @@ impl Operator for WindowAggregateOp {
                 acc.update_batch(&values, &group_indices, filter.as_ref(), total)?;
             }
         }
+        Ok(())
+    }
+}
+
+fn pane_memory(p: &Pane) -> usize {
+    p.delta.bytes + p.delta.accumulators.iter().map(|a| a.size()).sum::<usize>()
+}
+
+impl Operator for WindowAggregateOp {
+    fn name(&self) -> &'static str {
+        "window aggregate"
+    }
+
+    /// Rows are taken in order; where a row arrived under a watermark that
+    /// completes a window (or, with allowed lateness, that re-emits changes),
+    /// the rows before it are applied and the watermark moved first, so a
+    /// batch gives the same output as feeding its rows one at a time.
+    fn process(
+        &mut self,
+        batch: Batch,
+        ctx: &mut Context,
+        out: &mut Vec<Batch>,
+    ) -> anyhow::Result<()> {
+        let data = &batch.data;
+        let n = data.num_rows();
+        let times = event_times(data, self.time_column)?;
+        let wm = batch.arrival_watermark.values();
+        let lateness = self.lateness();
+        let mut inputs: Option<Inputs> = None;
+        let mut by_pane: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
+        let mut late: Vec<u32> = Vec::new();
+        let mut next_due = self.next_due();
+        for row in 0..n {
+            let w = wm[row];
+            if w > self.fired_through && w >= next_due {
+                if !by_pane.is_empty() {
+                    let inputs = match &inputs {
+                        Some(i) => i,
+                        None => inputs.insert(self.agg.inputs(data)?),
+                    };
+                    self.update(inputs, n, std::mem::take(&mut by_pane))?;
+                }
+                self.advance(w, out)?;
+                next_due = self.next_due();
+            }
+            if times.is_null(row) {
+                late.push(row as u32);
+                continue;
+            }
+            let ts = times.value(row);
+            let arrived_under = w.max(self.fired_through);
+            let mut assigned = false;
+            for end in self.assigner.ends(ts) {
+                if end - 1 + lateness <= arrived_under {
+                    // This and every earlier window are closed.
+                    break;
+                }
+                by_pane.entry(end).or_default().push(row as u32);
+                assigned = true;
+                // A window already past its end is re-emitted at the next advance.
+                next_due = next_due.min(if end - 1 <= arrived_under {
+                    i64::MIN
+                } else {
+                    end - 1
+                });
+            }
+            if !assigned {
+                late.push(row as u32);
+            }
+        }
+        if !by_pane.is_empty() {
+            let inputs = match &inputs {
+                Some(i) => i,
+                None => inputs.insert(self.agg.inputs(data)?),
+            };
+            self.update(inputs, n, by_pane)?;
+        }
+        ctx.set_aside_late(
+            &batch,
+            late,
+            "late: every window this row belongs to had already closed",
+        )?;
         self.enforce_budget()
     }
 
@@ -665,15 +676,7 @@ impl Operator for WindowAggregateOp {
         if watermark <= self.fired_through {
             return Ok(());
         }
-        self.fired_through = watermark;
-        while let Some((&end, _)) = self.panes.first_key_value() {
-            if end - 1 > watermark {
-                break;
-            }
-            let pane = self.panes.remove(&end).expect("first key exists");
-            self.fire(pane, watermark, out)?;
-        }
-        Ok(())
+        self.advance(watermark, out)
     }
 
     fn is_stateful(&self) -> bool {
@@ -687,10 +690,24 @@ impl Operator for WindowAggregateOp {
         let mut from = Vec::new();
         while let Some(key) = state.store.first_key_from(&from)? {
             let end = pane_end(&key);
+            let fired = end - 1 <= self.fired_through;
+            let mut changed = BTreeMap::new();
+            if fired {
+                // Changes late rows made that were not re-emitted yet.
+                for entry in state.store.scan(&pane_prefix(end))? {
+                    let (k, v) = entry?;
+                    let (key, kind, _) = split_stored_key(&k);
+                    if kind == KIND_CHANGED {
+                        changed.insert(key.into(), v.first() == Some(&1));
+                    }
+                }
+            }
             let pane = Pane {
                 end,
                 delta: self.new_delta()?,
                 in_store: true,
+                fired,
+                changed,
             };
             self.panes.insert(end, pane);
             match end.checked_add(1) {
@@ -710,6 +727,15 @@ impl Operator for WindowAggregateOp {
         for end in ends {
             let mut pane = self.panes.remove(&end).expect("listed above");
             self.flush_pane(&mut pane)?;
+            if !pane.changed.is_empty() {
+                let store = self.store.as_ref().expect("checked above");
+                let mut batch = store.batch();
+                for (k, emitted) in &pane.changed {
+                    let key = with_kind(&group_prefix(end, k), KIND_CHANGED);
+                    store.put(&mut batch, &key, &[u8::from(*emitted)])?;
+                }
+                store.write(batch)?;
+            }
             self.panes.insert(end, pane);
         }
         Ok(())
