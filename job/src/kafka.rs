@@ -47,7 +47,7 @@ pub fn producer_config(bootstrap: &str, properties: &BTreeMap<String, String>) -
     c
 }
 
-fn apply_properties(c: &mut ClientConfig, properties: &BTreeMap<String, String>) {
+pub fn apply_properties(c: &mut ClientConfig, properties: &BTreeMap<String, String>) {
     for (k, v) in properties {
         // group.id is a consumer property; harmless elsewhere but noisy in logs.
         c.set(k, v);

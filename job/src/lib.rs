@@ -20,6 +20,7 @@ pub mod kafka;
 pub mod load;
 pub mod printer;
 pub mod run;
+pub mod table;
 pub mod task;
 
 pub use load::{LoadedPipeline, load_pipeline, plan_text};

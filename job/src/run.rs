@@ -237,7 +237,7 @@ pub fn run_pipeline(mut loaded: LoadedPipeline, options: RunOptions) -> anyhow::
             flows.push(FlowRuntime {
                 exactly_once: sink_table.delivery == DeliveryGuarantee::ExactlyOnce,
                 flow: flow.clone(),
-                chain: build_chain(flow, &loaded.models).with_context(|| {
+                chain: build_chain(flow, &plan.tables, &loaded.models).with_context(|| {
                     format!("building flow {} (INSERT INTO {})", flow.index, flow.sink)
                 })?,
                 encoder: match plan.tables[&flow.sink].format {
@@ -306,6 +306,19 @@ pub fn run_pipeline(mut loaded: LoadedPipeline, options: RunOptions) -> anyhow::
         } else {
             None
         };
+        let lookup_tables: Vec<KafkaTable> = {
+            let mut names: Vec<&str> = flows
+                .iter()
+                .flat_map(|f| &f.flow.stages)
+                .filter_map(|s| match s {
+                    weir_sql::Stage::Lookup(l) => Some(l.table.as_str()),
+                    _ => None,
+                })
+                .collect();
+            names.sort_unstable();
+            names.dedup();
+            names.iter().map(|n| plan.tables[*n].clone()).collect()
+        };
         let task = SourceTask::new(
             source.clone(),
             flows,
@@ -319,6 +332,7 @@ pub fn run_pipeline(mut loaded: LoadedPipeline, options: RunOptions) -> anyhow::
                 checkpoint_interval,
                 // Bounded runs give the same results however fast they run: no
                 // partition is ever idle, each holds the watermark until all end.
+                lookup_tables,
                 idle_timeout: if source.bounded {
                     None
                 } else {

@@ -35,13 +35,15 @@ use weir_operators::ids::{Change, ROW_ID_LEN, id_array, parse_source_row_id, sou
 use weir_operators::watermark::{END_OF_TIME, START_OF_TIME};
 use weir_operators::window::Assigner;
 use weir_operators::{
-    Batch, Chain, Context, JsonDecoder, JsonEncoder, RecordMeta, StateAttachment, WatermarkTracker,
+    Batch, Chain, Context, JsonDecoder, JsonEncoder, RecordMeta, StateAttachment, TableChanges,
+    WatermarkTracker,
 };
 use weir_sql::{Flow, KafkaTable, LatePolicy, Stage, StartupMode, WindowKind};
 use weir_state::{CheckpointMeta, HeldOffsets, InputPosition, TaskStore, fault};
 
 use crate::changelog::{self, CatchUp, Changelog};
 use crate::kafka::{CHANGE_HEADER, ID_HEADER, consumer_config, end_offsets, read_output_ids};
+use crate::table::TableFeed;
 
 /// Counts delivery outcomes; a failed delivery fails the next flush.
 #[derive(Default)]
@@ -292,6 +294,8 @@ pub struct TaskSettings {
     pub linger: Duration,
     pub checkpoint_interval: Duration,
     pub idle_timeout: Option<Duration>,
+    /// Tables read from compacted topics that this source's flows join.
+    pub lookup_tables: Vec<KafkaTable>,
 }
 
 pub struct SourceTask {
@@ -721,6 +725,14 @@ impl SourceTask {
             // output: a crash before the first interval then replays exactly.
             self.checkpoint(&mut store, &consumer, &tracker, &mut progress)?;
         }
+        // Joined tables: read to their end before any stream row is joined.
+        let mut tables = Vec::new();
+        for t in self.settings.lookup_tables.clone() {
+            let mut feed = TableFeed::open(&t, Duration::from_secs(30))?;
+            let changes = feed.read_to_end(Duration::from_secs(600))?;
+            self.apply_table(&mut feed, &changes)?;
+            tables.push(feed);
+        }
         let mut last_checkpoint = Instant::now();
         let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
         let mut spans: Vec<(usize, usize)> = Vec::with_capacity(self.settings.batch_size);
@@ -731,6 +743,11 @@ impl SourceTask {
             if self.stop.load(Ordering::Relaxed) {
                 info!("source {}: stopping", table.name);
                 break;
+            }
+            for feed in &mut tables {
+                if let Some(changes) = feed.poll()? {
+                    self.apply_table(feed, &changes)?;
+                }
             }
             buf.clear();
             spans.clear();
@@ -996,6 +1013,17 @@ impl SourceTask {
             self.emit(i, out, ctx)?;
         }
         Ok(decoded)
+    }
+
+    /// Hands a joined table's new rows to every flow, and counts its bad records.
+    fn apply_table(&mut self, feed: &mut TableFeed, changes: &TableChanges) -> anyhow::Result<()> {
+        for f in &mut self.flows {
+            f.chain.apply_table(&feed.table.name, changes)?;
+        }
+        self.counters
+            .dead_lettered
+            .fetch_add(std::mem::take(&mut feed.bad), Ordering::Relaxed);
+        Ok(())
     }
 
     fn advance_watermark(&mut self, wm: i64) -> anyhow::Result<()> {

@@ -1,7 +1,7 @@
 //! Builds a flow's operator chain from its plan: logical expressions become
 //! DataFusion physical expressions, `predict` calls are bound to loaded models.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -17,8 +17,9 @@ use datafusion::logical_expr::{Expr, ExprSchemable, ScalarUDF};
 use datafusion::optimizer::simplify_expressions::ExprSimplifier;
 use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
 use datafusion::physical_expr::{PhysicalExpr, create_physical_expr};
-use weir_sql::{Flow, GroupKey, Stage, WindowKind, predict_model};
+use weir_sql::{Flow, GroupKey, KafkaTable, Stage, WindowKind, predict_model};
 
+use crate::lookup::LookupJoinOp;
 use crate::over::{OverAggregateOp, OverCallSpec};
 
 use crate::chain::Chain;
@@ -110,7 +111,11 @@ fn without_distinct(e: Expr) -> (Expr, bool) {
     }
 }
 
-pub fn build_chain(flow: &Flow, models: &HashMap<String, Arc<Model>>) -> anyhow::Result<Chain> {
+pub fn build_chain(
+    flow: &Flow,
+    tables: &BTreeMap<String, KafkaTable>,
+    models: &HashMap<String, Arc<Model>>,
+) -> anyhow::Result<Chain> {
     let mut ops: Vec<Box<dyn Operator>> = Vec::new();
     for stage in &flow.stages {
         match stage {
@@ -208,6 +213,21 @@ pub fn build_chain(flow: &Flow, models: &HashMap<String, Arc<Model>>) -> anyhow:
                         w.allowed_lateness_ms,
                     ))),
                 }
+            }
+            Stage::Lookup(l) => {
+                let table = tables
+                    .get(&l.table)
+                    .with_context(|| format!("table {} is not in the plan", l.table))?;
+                ops.push(Box::new(LookupJoinOp::new(
+                    l.table.clone(),
+                    physical(&l.key, &l.input, models)?,
+                    l.as_of,
+                    l.kind,
+                    table.schema(),
+                    table.primary_key[0],
+                    table.watermark.map(|w| w.column),
+                    nullable(l.output.as_arrow()),
+                )?));
             }
             Stage::Over(o) => {
                 let mut key_exprs = Vec::new();

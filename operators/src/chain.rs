@@ -71,6 +71,18 @@ impl Chain {
         self.ops[op].attach_state(state)
     }
 
+    /// Hands new rows of table `table` to the operators joining it.
+    pub fn apply_table(
+        &mut self,
+        table: &str,
+        changes: &crate::TableChanges,
+    ) -> anyhow::Result<()> {
+        for op in &mut self.ops {
+            op.apply_table(table, changes)?;
+        }
+        Ok(())
+    }
+
     /// Writes every operator's in-memory state to its store.
     pub fn flush_state(&mut self) -> anyhow::Result<()> {
         for op in &mut self.ops {

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! Kafka records --decode--> Batch --[window columns]--> filter/project (PhysicalExpr)
-//!     --> window aggregate (GroupsAccumulator per open pane) or OVER (sliding accumulators per key)
+//!     --> lookup join (a table read from a compacted topic, by key [as of event time])
+//!     --> window aggregate (GroupsAccumulator per open pane), session or OVER (sliding accumulators per key)
 //!     --> filter/project
 //!     --> predict (one tract run per batch, inside the projection) --encode--> Kafka records
 //! ```
@@ -17,6 +18,7 @@ pub mod chain;
 pub mod decode;
 pub mod encode;
 pub mod ids;
+pub mod lookup;
 pub mod operator;
 pub mod over;
 pub mod predict;
@@ -28,6 +30,7 @@ pub use build::build_chain;
 pub use chain::Chain;
 pub use decode::{BadRecord, JsonDecoder, RecordMeta};
 pub use encode::{EncodedBatch, JsonEncoder};
+pub use lookup::TableChanges;
 pub use operator::{Batch, Context, Operator, StateAttachment};
 pub use predict::{Model, TractInspector};
 pub use watermark::WatermarkTracker;

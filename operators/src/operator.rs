@@ -167,6 +167,16 @@ pub trait Operator: Send {
         Ok(())
     }
 
+    /// New rows of a table read from a compacted topic, for the operators
+    /// that join it (others ignore them).
+    fn apply_table(
+        &mut self,
+        _table: &str,
+        _changes: &crate::lookup::TableChanges,
+    ) -> anyhow::Result<()> {
+        Ok(())
+    }
+
     /// Groups held in open windows, for metrics.
     fn state_rows(&self) -> usize {
         0

@@ -80,6 +80,12 @@ pub struct KafkaTable {
     pub embedded_generator_rate: Option<u64>,
     pub format: Format,
     pub late_policy: LatePolicy,
+    /// Read as a table (`'connector' = 'upsert-kafka'` or `'scan.mode' =
+    /// 'table'`): each record is the current row of its key (the Kafka key
+    /// holds the primary key), a record without a value deletes it.
+    pub scan_table: bool,
+    /// `PRIMARY KEY (...)`: indices into `columns`.
+    pub primary_key: Vec<usize>,
 }
 
 /// How a record's value maps to columns.
@@ -145,6 +151,9 @@ pub const TABLE_OPTIONS: &[&str] = &[
     "connector",
     "topic",
     "format",
+    "key.format",
+    "value.format",
+    "scan.mode",
     "properties.bootstrap.servers",
     "properties.*",
     "scan.startup.mode",
@@ -392,6 +401,7 @@ pub fn build_table(
     name: &Spanned<String>,
     columns: Vec<Column>,
     watermark: Option<&WatermarkSpec>,
+    primary_key: &[Spanned<String>],
     options: &[OptionSpec],
     env: &dyn Fn(&str) -> Option<String>,
 ) -> LResult<KafkaTable> {
@@ -443,14 +453,72 @@ pub fn build_table(
             )),
         }
     };
-    one_of("connector", &["kafka"], "")?;
+    let upsert = one_of("connector", &["kafka", "upsert-kafka"], "")? == "upsert-kafka";
     required("connector")?;
     let topic = required("topic")?.value.clone();
-    let format = match one_of("format", &["json", "raw"], "")?.as_str() {
-        "raw" => Format::Raw,
-        _ => Format::Json,
+    let scan_table = upsert || one_of("scan.mode", &["stream", "table"], "stream")? == "table";
+    let format = if upsert {
+        one_of("key.format", &["raw"], "raw")?;
+        one_of("value.format", &["json"], "json")?;
+        Format::Json
+    } else {
+        let f = match one_of("format", &["json", "raw"], "")?.as_str() {
+            "raw" => Format::Raw,
+            _ => Format::Json,
+        };
+        required("format")?;
+        f
     };
-    required("format")?;
+    let mut key_columns = Vec::new();
+    for k in primary_key {
+        let Some(i) = columns.iter().position(|c| c.name == k.value) else {
+            return Err(Located::new(
+                k.pos,
+                format!(
+                    "PRIMARY KEY ({}): no such column in {}",
+                    k.value, name.value
+                ),
+            ));
+        };
+        key_columns.push(i);
+    }
+    if scan_table {
+        match key_columns.as_slice() {
+            [] => {
+                return Err(Located::new(
+                    name.pos,
+                    format!(
+                        "table {} is read as a table (one row per key): declare its key with PRIMARY KEY (column) NOT ENFORCED",
+                        name.value
+                    ),
+                ));
+            }
+            [i] if matches!(
+                columns[*i].data_type,
+                DataType::Utf8 | DataType::Int64 | DataType::Int32
+            ) => {}
+            _ => {
+                return Err(Located::new(
+                    primary_key[0].pos,
+                    "a table's PRIMARY KEY is one TEXT, BIGINT or INT column (the record key, as text)",
+                ));
+            }
+        }
+        if format != Format::Json {
+            return Err(Located::new(
+                name.pos,
+                "a table read as a table needs JSON values",
+            ));
+        }
+    } else if let Some(k) = primary_key.first() {
+        return Err(Located::new(
+            k.pos,
+            format!(
+                "PRIMARY KEY is for tables read as tables: add 'scan.mode' = 'table' to {} (or use 'connector' = 'upsert-kafka')",
+                name.value
+            ),
+        ));
+    }
     if format == Format::Raw {
         let physical: Vec<&Column> = columns.iter().filter(|c| c.metadata.is_none()).collect();
         let ok = match physical.as_slice() {
@@ -622,6 +690,8 @@ pub fn build_table(
         transactional,
         format,
         late_policy,
+        scan_table,
+        primary_key: key_columns,
     })
 }
 

@@ -25,8 +25,8 @@ pub use catalog::{
 };
 pub use error::{PlanError, Pos};
 pub use plan::{
-    Flow, GroupKey, OverAggregate, OverCall, OverFrame, OverFunction, PipelinePlan, Stage,
-    WindowAggregate,
+    Flow, GroupKey, LookupJoin, LookupKind, OverAggregate, OverCall, OverFrame, OverFunction,
+    PipelinePlan, Stage, WindowAggregate,
 };
 pub use planner::{PREDICT, WINDOW_END, WINDOW_START, WINDOW_TIME, plan_pipeline, predict_model};
 pub use statement::WindowKind;

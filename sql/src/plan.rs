@@ -118,6 +118,33 @@ impl OverAggregate {
     }
 }
 
+/// Which rows of the stream a lookup join keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LookupKind {
+    /// Every stream row; the table's columns are null without a match.
+    Left,
+    /// Only stream rows with a match.
+    Inner,
+}
+
+/// A stream joined to a table read from a compacted topic: each stream row
+/// looks up its key's row (`FOR SYSTEM_TIME AS OF ts`: the version current
+/// at the row's event time; otherwise the table's current row).
+#[derive(Debug, Clone)]
+pub struct LookupJoin {
+    pub input: DFSchemaRef,
+    /// The table (a source read as a table).
+    pub table: String,
+    /// The stream side of `ON stream_expr = table.key`, over `input`.
+    pub key: Expr,
+    /// `FOR SYSTEM_TIME AS OF`: index of the stream's event-time column in
+    /// `input` (`None`: the table's latest row).
+    pub as_of: Option<usize>,
+    pub kind: LookupKind,
+    /// `input`'s columns, then the table's.
+    pub output: DFSchemaRef,
+}
+
 #[derive(Debug, Clone)]
 pub enum Stage {
     /// Appends placeholder (null) window_start, window_end, window_time columns
@@ -136,6 +163,7 @@ pub enum Stage {
     },
     WindowAggregate(Box<WindowAggregate>),
     Over(Box<OverAggregate>),
+    Lookup(Box<LookupJoin>),
 }
 
 impl Stage {
@@ -146,6 +174,7 @@ impl Stage {
             Stage::Project { output, .. } => output,
             Stage::WindowAggregate(w) => &w.output,
             Stage::Over(o) => &o.output,
+            Stage::Lookup(l) => &l.output,
         }
     }
 
@@ -168,6 +197,7 @@ impl Stage {
                 .iter()
                 .chain(o.calls.iter().map(|c| &c.arg))
                 .collect(),
+            Stage::Lookup(l) => vec![&l.key],
         }
     }
 }
@@ -366,6 +396,27 @@ impl fmt::Display for PipelinePlan {
                                 fmt_ms(w.allowed_lateness_ms)
                             )?;
                         }
+                    }
+                    Stage::Lookup(l) => {
+                        let kind = match l.kind {
+                            LookupKind::Left => "left",
+                            LookupKind::Inner => "inner",
+                        };
+                        let version = match l.as_of {
+                            Some(i) => format!("the version as of {}", l.input.field(i).name()),
+                            None => "its current row".to_string(),
+                        };
+                        writeln!(
+                            f,
+                            "    {kind} join table {} on {} = its key, {version} -> [{}]",
+                            l.table,
+                            l.key.human_display(),
+                            fmt_schema(l.output.as_arrow())
+                        )?;
+                        writeln!(
+                            f,
+                            "      state: the table's rows by key (every version, for AS OF), read from its topic at start and as it changes"
+                        )?;
                     }
                     Stage::Over(o) => {
                         let calls: Vec<String> = o

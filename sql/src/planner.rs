@@ -39,8 +39,8 @@ use crate::catalog::{
 };
 use crate::error::{LResult, Located, PlanError, Pos};
 use crate::plan::{
-    Flow, GroupKey, OverAggregate, OverCall, OverFrame, OverFunction, PipelinePlan, Stage,
-    WindowAggregate,
+    Flow, GroupKey, LookupJoin, LookupKind, OverAggregate, OverCall, OverFrame, OverFunction,
+    PipelinePlan, Stage, WindowAggregate,
 };
 use crate::source::{SqlFile, pos};
 use crate::statement::{QuerySpan, Statement, WindowKind, WindowTvf, parse_statements};
@@ -259,6 +259,7 @@ impl<'a> Planner<'a> {
                     name,
                     columns,
                     watermark,
+                    primary_key,
                     options,
                 } => {
                     if self.name_taken(&name.value) {
@@ -268,8 +269,14 @@ impl<'a> Planner<'a> {
                         ));
                     }
                     let columns = build_columns(&columns)?;
-                    let table =
-                        build_table(&name, columns, watermark.as_ref(), &options, self.env)?;
+                    let table = build_table(
+                        &name,
+                        columns,
+                        watermark.as_ref(),
+                        &primary_key,
+                        &options,
+                        self.env,
+                    )?;
                     self.provider.tables.insert(
                         table.name.clone(),
                         Arc::new(LogicalTableSource::new(table.schema())),
@@ -475,6 +482,10 @@ impl<'a> Planner<'a> {
         for tvf in &query.tvfs {
             let name = self.register_tvf(tvf)?;
             replacements.push((tvf.range.clone(), format!("\"{name}\"")));
+        }
+        for t in &query.temporal {
+            // Applied when the join is lowered; DataFusion sees a plain join.
+            replacements.push((t.range.clone(), String::new()));
         }
         let masked = self.file.masked(query.range.clone(), &replacements);
         let dialect = GenericDialect {};
@@ -735,6 +746,14 @@ impl<'a> Planner<'a> {
         match plan {
             LogicalPlan::TableScan(scan) => {
                 let name = scan.table_name.table();
+                if self.tables.get(name).is_some_and(|t| t.scan_table) {
+                    return Err(Located::new(
+                        self.find_word(query, name).unwrap_or(query.pos),
+                        format!(
+                            "{name} is read as a table (one row per key): join it to a stream, as in FROM s LEFT JOIN {name} FOR SYSTEM_TIME AS OF s.ts AS x ON s.k = x.key"
+                        ),
+                    ));
+                }
                 let mut chain = if self.tables.contains_key(name) {
                     Chain {
                         source: name.to_string(),
@@ -897,6 +916,7 @@ impl<'a> Planner<'a> {
                     })));
                 Ok(chain)
             }
+            LogicalPlan::Join(j) => self.lower_join(j, query),
             LogicalPlan::Window(w) => {
                 let mut chain = self.lower(&w.input, query)?;
                 if chain.window.is_some() {
@@ -919,6 +939,159 @@ impl<'a> Planner<'a> {
         }
     }
 
+    /// A stream joined to a table read from a compacted topic.
+    fn lower_join(&self, j: &datafusion::logical_expr::Join, query: &QuerySpan) -> LResult<Chain> {
+        use datafusion::logical_expr::JoinType;
+        let join_pos = self.find_word(query, "JOIN").unwrap_or(query.pos);
+        let Some(table_name) = scanned_table(&j.right) else {
+            return Err(Located::new(
+                join_pos,
+                "the right side of a JOIN must be a table read as a table ('connector' = 'upsert-kafka', or 'scan.mode' = 'table' with a PRIMARY KEY): weir joins a stream to a table, not two streams or subqueries",
+            ));
+        };
+        let table = self
+            .tables
+            .get(&table_name)
+            .filter(|t| t.scan_table)
+            .ok_or_else(|| {
+                Located::new(
+                    join_pos,
+                    format!(
+                        "{table_name} is a stream: the right side of a JOIN must be a table read as a table ('connector' = 'upsert-kafka', or 'scan.mode' = 'table' with a PRIMARY KEY)"
+                    ),
+                )
+            })?;
+        let kind = match j.join_type {
+            JoinType::Left => LookupKind::Left,
+            JoinType::Inner => LookupKind::Inner,
+            other => {
+                return Err(Located::new(
+                    join_pos,
+                    format!(
+                        "{other} JOIN is not supported: a stream joins a table with LEFT JOIN or JOIN"
+                    ),
+                ));
+            }
+        };
+        let key_column = &table.columns[table.primary_key[0]].name;
+        let on_pos = self.find_word(query, "ON").unwrap_or(join_pos);
+        let not_on_key = |e: &Expr| {
+            let at = match e {
+                Expr::Column(c) => c
+                    .relation
+                    .as_ref()
+                    .and_then(|r| self.find_qualified(query, r.table(), &c.name))
+                    .or_else(|| self.find_word(query, &c.name)),
+                _ => None,
+            };
+            Located::new(
+                at.unwrap_or(on_pos),
+                format!(
+                    "a join with table {table_name} must be ON <stream expression> = {key_column}, its PRIMARY KEY (one equality, nothing else)"
+                ),
+            )
+        };
+        // Without optimizer rules, DataFusion leaves ON in `filter`.
+        let mut pairs: Vec<(Expr, Expr)> = j.on.clone();
+        if let Some(f) = &j.filter {
+            let Expr::BinaryExpr(b) = f else {
+                return Err(not_on_key(f));
+            };
+            if b.op != datafusion::logical_expr::Operator::Eq {
+                return Err(not_on_key(f));
+            }
+            let on_right = |e: &Expr| {
+                let cols = e.column_refs();
+                !cols.is_empty() && cols.iter().all(|c| j.right.schema().has_column(c))
+            };
+            let on_left = |e: &Expr| {
+                e.column_refs()
+                    .iter()
+                    .all(|c| j.left.schema().has_column(c))
+            };
+            let (l, r) = (b.left.as_ref(), b.right.as_ref());
+            if on_left(l) && on_right(r) {
+                pairs.push((l.clone(), r.clone()));
+            } else if on_left(r) && on_right(l) {
+                pairs.push((r.clone(), l.clone()));
+            } else {
+                let right_side = if on_right(r) { l } else { r };
+                return Err(not_on_key(right_side));
+            }
+        }
+        let [(left_key, right_key)] = pairs.as_slice() else {
+            return Err(Located::new(
+                on_pos,
+                format!(
+                    "a join with table {table_name} must be ON <stream expression> = {key_column}, its PRIMARY KEY"
+                ),
+            ));
+        };
+        match right_key {
+            Expr::Column(c) if c.name == *key_column => {}
+            e => return Err(not_on_key(e)),
+        }
+        let chain = self.lower(&j.left, query)?;
+        if chain.window.is_some() {
+            return Err(Located::new(
+                join_pos,
+                "join the source table, then window a view of it is not supported yet: join after the window's GROUP BY",
+            ));
+        }
+        let input = j.left.schema().clone();
+        let as_of = match query.temporal.iter().find(|t| t.table.value == table_name) {
+            None => None,
+            Some(t) => {
+                if table.watermark.is_none() {
+                    return Err(Located::new(
+                        t.table.pos,
+                        format!(
+                            "FOR SYSTEM_TIME AS OF needs versions: declare {table_name}'s version time with WATERMARK FOR <column> AS <column>"
+                        ),
+                    ));
+                }
+                let source = &self.tables[&chain.source];
+                let event_time = source.watermark.map(|w| &source.columns[w.column].name);
+                if event_time != Some(&t.time.value) {
+                    return Err(Located::new(
+                        t.time.pos,
+                        format!(
+                            "FOR SYSTEM_TIME AS OF must name the stream's event-time column{}",
+                            event_time.map(|c| format!(" ({c})")).unwrap_or_default()
+                        ),
+                    ));
+                }
+                let i = input
+                    .fields()
+                    .iter()
+                    .position(|f| f.name() == &t.time.value)
+                    .ok_or_else(|| {
+                        Located::new(
+                            t.time.pos,
+                            format!("{} does not reach the join", t.time.value),
+                        )
+                    })?;
+                Some(i)
+            }
+        };
+        if j.right.schema().fields().len() != table.columns.len() {
+            return Err(Located::new(
+                join_pos,
+                format!("select from {table_name} directly in the JOIN, not a projection of it"),
+            ));
+        }
+        let mut chain = chain;
+        chain.stages.push(Stage::Lookup(Box::new(LookupJoin {
+            input,
+            table: table_name,
+            key: left_key.clone(),
+            as_of,
+            kind,
+            output: j.schema.clone(),
+        })));
+        Ok(chain)
+    }
+
     /// The position of the last word of the first run of `words` (any case,
     /// whitespace between them) in the query.
     fn find_words(&self, query: &QuerySpan, words: &[&str]) -> Option<Pos> {
@@ -936,6 +1109,23 @@ impl<'a> Planner<'a> {
                 |(t, w)| matches!(&t.token, Token::Word(x) if x.value.eq_ignore_ascii_case(w)),
             );
             all.then(|| pos(run[words.len() - 1].span.start))
+        })
+    }
+
+    /// The position of `qualifier` in the first `qualifier.name` of the query.
+    fn find_qualified(&self, query: &QuerySpan, qualifier: &str, name: &str) -> Option<Pos> {
+        let text = self.file.masked(query.range.clone(), &[]);
+        let dialect = GenericDialect {};
+        let tokens = datafusion::sql::sqlparser::tokenizer::Tokenizer::new(&dialect, &text)
+            .tokenize_with_location()
+            .ok()?;
+        let word =
+            |t: &Token, w: &str| matches!(t, Token::Word(x) if x.value.eq_ignore_ascii_case(w));
+        tokens.windows(3).find_map(|run| {
+            (word(&run[0].token, qualifier)
+                && run[1].token == Token::Period
+                && word(&run[2].token, name))
+            .then(|| pos(run[0].span.start))
         })
     }
 
@@ -1247,6 +1437,17 @@ fn interval_ms(v: &ScalarValue) -> Option<i64> {
         ScalarValue::DurationSecond(Some(s)) => Some(s * 1000),
         ScalarValue::DurationMicrosecond(Some(us)) => Some(us / 1000),
         ScalarValue::DurationNanosecond(Some(ns)) => Some(ns / 1_000_000),
+        _ => None,
+    }
+}
+
+/// The table a plan scans, under any aliases.
+fn scanned_table(plan: &LogicalPlan) -> Option<String> {
+    match plan {
+        LogicalPlan::TableScan(scan) if scan.filters.is_empty() => {
+            Some(scan.table_name.table().to_string())
+        }
+        LogicalPlan::SubqueryAlias(a) => scanned_table(&a.input),
         _ => None,
     }
 }

@@ -41,12 +41,26 @@ pub struct OptionSpec {
     pub value: Spanned<String>,
 }
 
-/// A query's place in the file: a char range, plus the window TVFs found in it.
+/// A query's place in the file: a char range, plus the window TVFs and
+/// temporal-join clauses found in it.
 #[derive(Debug, Clone)]
 pub struct QuerySpan {
     pub range: Range<usize>,
     pub pos: Pos,
     pub tvfs: Vec<WindowTvf>,
+    pub temporal: Vec<TemporalClause>,
+}
+
+/// `tbl FOR SYSTEM_TIME AS OF s.ts` in a JOIN: blanked out before the query
+/// reaches DataFusion, and applied to the join whose right side is `table`.
+#[derive(Debug, Clone)]
+pub struct TemporalClause {
+    /// The clause's text range (from FOR to the end of the time column).
+    pub range: Range<usize>,
+    /// The table it follows.
+    pub table: Spanned<String>,
+    /// The time column, possibly qualified (`t.ts`): the last part names it.
+    pub time: Spanned<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +108,8 @@ pub enum Statement {
         name: Spanned<String>,
         columns: Vec<ColumnSpec>,
         watermark: Option<WatermarkSpec>,
+        /// `PRIMARY KEY (a, ...) NOT ENFORCED`: a table's key (upsert topics).
+        primary_key: Vec<Spanned<String>>,
         options: Vec<OptionSpec>,
     },
     CreateModel {
@@ -310,6 +326,7 @@ impl Cursor<'_> {
         let name = self.object_name("a table name")?;
         let mut columns = Vec::new();
         let mut watermark = None;
+        let mut primary_key = Vec::new();
         if self.eat(&Token::LParen) {
             loop {
                 if self.eat_keyword("WATERMARK") {
@@ -321,10 +338,28 @@ impl Cursor<'_> {
                     }
                     watermark = Some(self.watermark()?);
                 } else if self.is_keyword("PRIMARY") || self.is_keyword("CONSTRAINT") {
-                    return Err(Located::new(
-                        self.here(),
-                        "PRIMARY KEY constraints are not supported: declare the record key with 'key.fields'",
-                    ));
+                    if self.eat_keyword("CONSTRAINT") {
+                        self.ident("a constraint name")?;
+                    }
+                    if !primary_key.is_empty() {
+                        return Err(Located::new(
+                            self.here(),
+                            "a table has at most one PRIMARY KEY",
+                        ));
+                    }
+                    self.expect_keyword("PRIMARY")?;
+                    self.expect_keyword("KEY")?;
+                    self.expect(Token::LParen)?;
+                    loop {
+                        primary_key.push(self.ident("a primary key column")?);
+                        if !self.eat(&Token::Comma) {
+                            break;
+                        }
+                    }
+                    self.expect(Token::RParen)?;
+                    if self.eat_keyword("NOT") {
+                        self.expect_keyword("ENFORCED")?;
+                    }
                 } else {
                     columns.push(self.column()?);
                 }
@@ -341,6 +376,7 @@ impl Cursor<'_> {
             name,
             columns,
             watermark,
+            primary_key,
             options,
         })
     }
@@ -512,7 +548,16 @@ impl Cursor<'_> {
         let start = self.file.index(first.span.start);
         let qpos = pos(first.span.start);
         let mut tvfs = Vec::new();
+        let mut temporal = Vec::new();
         while self.at < self.tokens.len() {
+            if self.is_keyword("FOR")
+                && self.is_keyword_at(1, "SYSTEM_TIME")
+                && self.at > 0
+                && matches!(self.tokens[self.at - 1].token, Token::Word(_))
+            {
+                temporal.push(self.temporal_clause()?);
+                continue;
+            }
             if self.is_keyword("TABLE") && self.peek_at(1) == Some(&Token::LParen) {
                 let is_window = ["TUMBLE", "HOP", "CUMULATE", "SESSION"]
                     .iter()
@@ -528,6 +573,36 @@ impl Cursor<'_> {
             range: start..self.end_index,
             pos: qpos,
             tvfs,
+            temporal,
+        })
+    }
+
+    /// `FOR SYSTEM_TIME AS OF t.ts` after a table name.
+    fn temporal_clause(&mut self) -> LResult<TemporalClause> {
+        let prev = &self.tokens[self.at - 1];
+        let table = match &prev.token {
+            Token::Word(w) => Spanned {
+                value: w.value.clone(),
+                pos: pos(prev.span.start),
+            },
+            _ => unreachable!("checked by the caller"),
+        };
+        let start = self.file.index(self.tokens[self.at].span.start);
+        self.at += 2; // FOR SYSTEM_TIME
+        self.expect_keyword("AS")?;
+        self.expect_keyword("OF")?;
+        let mut time =
+            self.ident("the stream's event-time column, as in FOR SYSTEM_TIME AS OF t.ts")?;
+        while self.eat(&Token::Period) {
+            let pos_before = time.pos;
+            time = self.ident("a column name")?;
+            time.pos = pos_before;
+        }
+        let end = self.file.index(self.tokens[self.at - 1].span.end);
+        Ok(TemporalClause {
+            range: start..end,
+            table,
+            time,
         })
     }
 

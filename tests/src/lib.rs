@@ -154,6 +154,8 @@ pub fn create_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Resu
 pub struct Record {
     pub key: Option<Vec<u8>>,
     pub value: Vec<u8>,
+    /// Sent without a value (a tombstone); `value` is ignored.
+    pub tombstone: bool,
     pub partition: Option<i32>,
     pub timestamp: Option<i64>,
 }
@@ -200,7 +202,10 @@ fn produce_with(
     }
     let producer: ThreadedProducer<DefaultProducerContext> = config.create()?;
     for r in records {
-        let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).payload(&r.value[..]);
+        let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic);
+        if !r.tombstone {
+            rec = rec.payload(&r.value[..]);
+        }
         if let Some(k) = &r.key {
             rec = rec.key(&k[..]);
         }

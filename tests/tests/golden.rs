@@ -221,9 +221,11 @@ fn produce_inputs(case: &Path, brokers: &str) -> anyhow::Result<()> {
                     serde_json::from_str(line).with_context(|| format!("{file}:{}", i + 1))?;
                 let value = match &m["value"] {
                     Value::String(s) => s.as_bytes().to_vec(),
+                    Value::Null => Vec::new(),
                     v => serde_json::to_vec(v)?,
                 };
                 records.push(Record {
+                    tombstone: m["value"].is_null(),
                     key: m
                         .get("key")
                         .and_then(Value::as_str)

@@ -113,7 +113,7 @@ struct Pipeline {
 fn pipeline() -> Pipeline {
     let plan = weir::load::plan_text(Path::new("over.sql"), SQL, &|_| None).unwrap();
     let flow = &plan.flows[0];
-    let chain = build_chain(flow, &Default::default()).unwrap();
+    let chain = build_chain(flow, &plan.tables, &Default::default()).unwrap();
     let stateful = chain.stateful();
     assert_eq!(stateful.len(), 1, "one stateful operator: the OVER");
     Pipeline {

@@ -1,0 +1,207 @@
+//! Reading a table from its compacted topic for the flows that join it.
+//!
+//! A task opens one feed per joined table: a consumer assigned every partition
+//! of the table's topic from the beginning, outside any consumer group (the
+//! whole table, every run). Before the task reads its stream it reads each
+//! table to the end of its topic; afterwards it picks up what arrives between
+//! batches. A record's Kafka key is the row's primary key; a record without a
+//! value deletes the key.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use tracing::{info, warn};
+use weir_operators::{JsonDecoder, RecordMeta, TableChanges};
+use weir_sql::KafkaTable;
+
+use crate::kafka::apply_properties;
+
+pub struct TableFeed {
+    pub table: KafkaTable,
+    consumer: BaseConsumer,
+    decoder: JsonDecoder,
+    partitions: usize,
+    /// Records that could not be read as the table's row (counted, skipped).
+    pub bad: u64,
+}
+
+/// Records read per poll between stream batches, at most.
+const MAX_PER_POLL: usize = 10_000;
+
+impl TableFeed {
+    pub fn open(table: &KafkaTable, timeout: Duration) -> anyhow::Result<Self> {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &table.bootstrap_servers)
+            .set("group.id", format!("weir-table-{}", table.name))
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .set("fetch.wait.max.ms", "10")
+            .set("socket.connection.setup.timeout.ms", "10000");
+        apply_properties(&mut config, &table.properties);
+        let consumer: BaseConsumer = config
+            .create()
+            .with_context(|| format!("creating the consumer of table {}", table.name))?;
+        let md = consumer
+            .fetch_metadata(Some(&table.topic), timeout)
+            .with_context(|| format!("reading the metadata of topic '{}'", table.topic))?;
+        let partitions = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == table.topic)
+            .map(|t| t.partitions().len())
+            .unwrap_or(0);
+        if partitions == 0 {
+            anyhow::bail!(
+                "table {}: topic '{}' does not exist (or has no partitions)",
+                table.name,
+                table.topic
+            );
+        }
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions as i32 {
+            tpl.add_partition_offset(&table.topic, p, Offset::Beginning)?;
+        }
+        consumer.assign(&tpl)?;
+        Ok(Self {
+            table: table.clone(),
+            consumer,
+            decoder: JsonDecoder::new(table),
+            partitions,
+            bad: 0,
+        })
+    }
+
+    /// Reads the whole topic, to the end of every partition.
+    pub fn read_to_end(&mut self, timeout: Duration) -> anyhow::Result<TableChanges> {
+        let deadline = Instant::now() + timeout;
+        let mut ended = std::collections::HashSet::new();
+        let mut records = Records::default();
+        while ended.len() < self.partitions {
+            if Instant::now() > deadline {
+                anyhow::bail!(
+                    "reading table {} from topic '{}' took longer than {}s",
+                    self.table.name,
+                    self.table.topic,
+                    timeout.as_secs()
+                );
+            }
+            match self.consumer.poll(Duration::from_millis(100)) {
+                None => {}
+                Some(Ok(m)) => records.push(&m),
+                Some(Err(KafkaError::PartitionEOF(p))) => {
+                    ended.insert(p);
+                }
+                Some(Err(e)) => warn!("table {}: {e} (retrying)", self.table.name),
+            }
+        }
+        info!(
+            "table {}: {} records read from '{}'",
+            self.table.name,
+            records.metas.len(),
+            self.table.topic
+        );
+        self.changes(records)
+    }
+
+    /// What arrived since the last read, without waiting.
+    pub fn poll(&mut self) -> anyhow::Result<Option<TableChanges>> {
+        let mut records = Records::default();
+        while records.metas.len() < MAX_PER_POLL {
+            match self.consumer.poll(Duration::ZERO) {
+                None => break,
+                Some(Ok(m)) => records.push(&m),
+                Some(Err(KafkaError::PartitionEOF(_))) => {}
+                Some(Err(e)) => {
+                    warn!("table {}: {e} (retrying)", self.table.name);
+                    break;
+                }
+            }
+        }
+        if records.metas.is_empty() {
+            return Ok(None);
+        }
+        self.changes(records).map(Some)
+    }
+
+    fn changes(&mut self, records: Records) -> anyhow::Result<TableChanges> {
+        let decoded = self
+            .decoder
+            .decode(&records.buf, &records.spans, &records.metas)?;
+        for b in &decoded.bad {
+            self.bad += 1;
+            let m = &records.metas[b.index];
+            warn!(
+                "table {}: record at partition {} offset {} skipped: {}",
+                self.table.name, m.partition, m.offset, b.reason
+            );
+        }
+        // Deletes, placed among the decoded rows by their input position.
+        let mut deletes = Vec::new();
+        for (i, (key, time)) in records.deletes {
+            let position = decoded
+                .rows
+                .partition_point(|&r| records.value_index[r] < i);
+            match key {
+                Some(k) => deletes.push((position, k, time)),
+                None => {
+                    self.bad += 1;
+                    warn!(
+                        "table {}: a record without key or value skipped",
+                        self.table.name
+                    );
+                }
+            }
+        }
+        Ok(TableChanges {
+            rows: decoded.batch,
+            deletes,
+        })
+    }
+}
+
+/// Records read from the topic: values to decode, and deletes (records
+/// without a value) by their position among all records.
+#[derive(Default)]
+struct Records {
+    buf: Vec<u8>,
+    spans: Vec<(usize, usize)>,
+    metas: Vec<RecordMeta>,
+    /// For each value, its index among all records.
+    value_index: Vec<usize>,
+    /// (index among all records, key text, version time).
+    deletes: Vec<(usize, (Option<String>, i64))>,
+    seen: usize,
+}
+
+impl Records {
+    fn push(&mut self, m: &rdkafka::message::BorrowedMessage<'_>) {
+        let index = self.seen;
+        self.seen += 1;
+        match m.payload() {
+            None => {
+                let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned());
+                let time = m.timestamp().to_millis().unwrap_or(i64::MIN);
+                self.deletes.push((index, (key, time)));
+            }
+            Some(payload) => {
+                let start = self.buf.len();
+                self.buf.extend_from_slice(payload);
+                self.spans.push((start, self.buf.len()));
+                self.buf.push(b'\n');
+                self.value_index.push(index);
+                self.metas.push(RecordMeta {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    timestamp: m.timestamp().to_millis(),
+                    key: m.key().map(Into::into),
+                });
+            }
+        }
+    }
+}
