@@ -725,7 +725,29 @@ impl SourceTask {
             // output: a crash before the first interval then replays exactly.
             self.checkpoint(&mut store, &consumer, &tracker, &mut progress)?;
         }
-        // Joined tables: read to their end before any stream row is joined.
+        // Joined tables: each lookup join keeps its table in a RocksDB store
+        // outside the checkpoints (the topic is the table's source of truth,
+        // read again at every start), filled before any stream row is joined.
+        let mut lookups = Vec::new();
+        for (fi, f) in self.flows.iter().enumerate() {
+            for (op, _) in f.chain.lookups() {
+                lookups.push((fi, op, format!("flow{fi}.op{op}.table")));
+            }
+        }
+        let _table_store = if lookups.is_empty() {
+            None
+        } else {
+            let dir = self.state.dir.join("tables");
+            TaskStore::wipe(&dir)?;
+            let names: Vec<String> = lookups.iter().map(|l| l.2.clone()).collect();
+            let tables_store = TaskStore::open(&dir, 0, &names, self.state.cache_bytes)?;
+            for (fi, op, name) in &lookups {
+                self.flows[*fi]
+                    .chain
+                    .attach_table_store(*op, tables_store.operator(name)?)?;
+            }
+            Some(tables_store)
+        };
         let mut tables = Vec::new();
         for t in self.settings.lookup_tables.clone() {
             let mut feed = TableFeed::open(&t, Duration::from_secs(30))?;

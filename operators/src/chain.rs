@@ -71,6 +71,23 @@ impl Chain {
         self.ops[op].attach_state(state)
     }
 
+    /// Positions of the lookup joins, with the table each joins.
+    pub fn lookups(&self) -> Vec<(usize, String)> {
+        self.ops
+            .iter()
+            .enumerate()
+            .filter_map(|(i, o)| o.joins_table().map(|t| (i, t.to_string())))
+            .collect()
+    }
+
+    pub fn attach_table_store(
+        &mut self,
+        op: usize,
+        store: weir_state::OperatorState,
+    ) -> anyhow::Result<()> {
+        self.ops[op].attach_table_store(store)
+    }
+
     /// Hands new rows of table `table` to the operators joining it.
     pub fn apply_table(
         &mut self,

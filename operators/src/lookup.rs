@@ -7,10 +7,12 @@
 //!     (FOR SYSTEM_TIME AS OF), or the latest --> stream columns ++ table columns
 //! ```
 //!
-//! The table is held in memory, rebuilt from its topic at every start (the
-//! compacted topic is its source of truth, so it is not checkpointed). Every
-//! version read is kept for AS OF lookups (a stream row behind the watermark
-//! may still need an old one); a latest-value join keeps one row per key.
+//! The table lives in RocksDB (a store of its own, outside the task's
+//! checkpoints: the compacted topic is the table's source of truth, so it is
+//! read again into an empty store at every start), one value per key holding
+//! its versions; without a store (operator tests) in a hash map. Every version
+//! read is kept for AS OF lookups (a stream row behind the watermark may still
+//! need an old one); a latest-value join keeps one row per key.
 
 use std::sync::Arc;
 
@@ -24,6 +26,7 @@ use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::physical_expr::PhysicalExpr;
 use hashbrown::HashMap;
 use weir_sql::LookupKind;
+use weir_state::OperatorState;
 
 use crate::operator::{Batch, Context, Operator, event_times};
 
@@ -36,10 +39,59 @@ pub struct TableChanges {
     pub deletes: Vec<(usize, String, i64)>,
 }
 
+#[derive(Clone)]
 struct Version {
     time: i64,
     seq: u64,
     row: Option<Box<[u8]>>,
+}
+
+/// A key's versions in the store: per version, time (i64 LE), topic order
+/// (u64 LE), 1 + row length (u32 LE, 0 for a delete) and the row.
+fn encode_versions(versions: &[Version]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for v in versions {
+        out.extend_from_slice(&v.time.to_le_bytes());
+        out.extend_from_slice(&v.seq.to_le_bytes());
+        match &v.row {
+            None => out.extend_from_slice(&0u32.to_le_bytes()),
+            Some(r) => {
+                out.extend_from_slice(&(r.len() as u32 + 1).to_le_bytes());
+                out.extend_from_slice(r);
+            }
+        }
+    }
+    out
+}
+
+fn decode_versions(mut b: &[u8]) -> anyhow::Result<Vec<Version>> {
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        anyhow::ensure!(b.len() >= 20, "stored table versions are truncated");
+        let time = i64::from_le_bytes(b[..8].try_into().expect("8 bytes"));
+        let seq = u64::from_le_bytes(b[8..16].try_into().expect("8 bytes"));
+        let len = u32::from_le_bytes(b[16..20].try_into().expect("4 bytes")) as usize;
+        b = &b[20..];
+        let row = if len == 0 {
+            None
+        } else {
+            anyhow::ensure!(b.len() >= len - 1, "stored table row is truncated");
+            let (r, rest) = b.split_at(len - 1);
+            b = rest;
+            Some(r.into())
+        };
+        out.push(Version { time, seq, row });
+    }
+    Ok(out)
+}
+
+/// A table change for one key: key, version time, row (`None`: deleted).
+type Update<'a> = (&'a [u8], i64, Option<Box<[u8]>>);
+
+/// Where the table's versions are kept.
+enum Versions {
+    Memory(HashMap<Box<[u8]>, Vec<Version>>),
+    Store(OperatorState),
 }
 
 pub struct LookupJoinOp {
@@ -55,7 +107,7 @@ pub struct LookupJoinOp {
     table_schema: SchemaRef,
     rows: RowConverter,
     keys: RowConverter,
-    versions: HashMap<Box<[u8]>, Vec<Version>>,
+    versions: Versions,
     seq: u64,
     schema: SchemaRef,
 }
@@ -92,39 +144,103 @@ impl LookupJoinOp {
             table_schema,
             rows,
             keys,
-            versions: HashMap::new(),
+            versions: Versions::Memory(HashMap::new()),
             seq: 0,
             schema,
         })
     }
 
-    fn add_version(&mut self, key: &[u8], time: i64, row: Option<Box<[u8]>>) {
-        let seq = self.seq;
-        self.seq += 1;
-        let versions = self.versions.entry(key.into()).or_default();
-        let v = Version { time, seq, row };
-        if self.as_of.is_none() {
-            // Only the latest row is ever looked up.
-            versions.clear();
-            versions.push(v);
-        } else {
-            let at = versions.partition_point(|x| (x.time, x.seq) < (time, seq));
-            versions.insert(at, v);
+    /// Adds versions, `(key, time, row or delete)` in topic order.
+    fn add_versions(&mut self, updates: Vec<Update<'_>>) -> anyhow::Result<()> {
+        // Each key's current versions, read once.
+        let mut touched: HashMap<Box<[u8]>, Vec<Version>> = HashMap::new();
+        {
+            let mut keys: Vec<&[u8]> = updates.iter().map(|u| u.0).collect();
+            keys.sort_unstable();
+            keys.dedup();
+            let current = self.get_many(&keys)?;
+            for (k, v) in keys.into_iter().zip(current) {
+                touched.insert(k.into(), v.unwrap_or_default());
+            }
         }
-        if versions.len() == 1 && versions[0].row.is_none() && self.as_of.is_none() {
-            self.versions.remove(key);
+        let latest_only = self.as_of.is_none();
+        for (key, time, row) in updates {
+            let seq = self.seq;
+            self.seq += 1;
+            let versions = touched.get_mut(key).expect("read above");
+            let v = Version { time, seq, row };
+            if latest_only {
+                // Only the latest row is ever looked up.
+                versions.clear();
+                versions.push(v);
+            } else {
+                let at = versions.partition_point(|x| (x.time, x.seq) < (time, seq));
+                versions.insert(at, v);
+            }
+        }
+        let gone = |v: &Vec<Version>| latest_only && v.iter().all(|x| x.row.is_none());
+        match &mut self.versions {
+            Versions::Memory(map) => {
+                for (k, v) in touched {
+                    if gone(&v) {
+                        map.remove(&k);
+                    } else {
+                        map.insert(k, v);
+                    }
+                }
+            }
+            Versions::Store(store) => {
+                let mut batch = store.batch();
+                for (k, v) in &touched {
+                    if gone(v) {
+                        store.delete(&mut batch, k)?;
+                    } else {
+                        store.put(&mut batch, k, &encode_versions(v))?;
+                    }
+                }
+                store.write(batch)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The versions of each of `keys`.
+    fn get_many(&self, keys: &[&[u8]]) -> anyhow::Result<Vec<Option<Vec<Version>>>> {
+        match &self.versions {
+            Versions::Memory(map) => Ok(keys.iter().map(|k| map.get(*k).cloned()).collect()),
+            Versions::Store(store) => store
+                .multi_get(keys)?
+                .into_iter()
+                .map(|v| v.map(|b| decode_versions(&b)).transpose())
+                .collect(),
         }
     }
 
     /// The encoded table row for each stream row (`None`: no match).
-    fn lookup(&self, keys: &ArrayRef, times: Option<&[i64]>) -> anyhow::Result<Vec<Option<&[u8]>>> {
+    fn lookup(
+        &self,
+        keys: &ArrayRef,
+        times: Option<&[i64]>,
+    ) -> anyhow::Result<Vec<Option<Box<[u8]>>>> {
         let encoded = self.keys.convert_columns(std::slice::from_ref(keys))?;
+        let mut distinct: Vec<&[u8]> = (0..keys.len())
+            .filter(|&r| !keys.is_null(r))
+            .map(|r| encoded.row(r).data())
+            .collect();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let found: HashMap<&[u8], Vec<Version>> = distinct
+            .iter()
+            .copied()
+            .zip(self.get_many(&distinct)?)
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .collect();
         Ok((0..keys.len())
             .map(|r| {
                 if keys.is_null(r) {
                     return None;
                 }
-                let versions = self.versions.get(encoded.row(r).data())?;
+                let versions = found.get(encoded.row(r).data())?;
                 let v = match times {
                     None => versions.last()?,
                     Some(t) => {
@@ -132,7 +248,7 @@ impl LookupJoinOp {
                         versions.get(n.checked_sub(1)?)?
                     }
                 };
-                v.row.as_deref()
+                v.row.clone()
             })
             .collect())
     }
@@ -178,7 +294,7 @@ impl Operator for LookupJoinOp {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        let matched: Vec<&[u8]> = found.iter().flatten().copied().collect();
+        let matched: Vec<&[u8]> = found.iter().flatten().map(|r| r.as_ref()).collect();
         let parser = self.rows.parser();
         let table_columns = self
             .rows
@@ -188,7 +304,7 @@ impl Operator for LookupJoinOp {
             found
                 .iter()
                 .map(|f| {
-                    f.map(|_| {
+                    f.as_ref().map(|_| {
                         next += 1;
                         next - 1
                     })
@@ -224,24 +340,38 @@ impl Operator for LookupJoinOp {
             let typed = cast(&(Arc::new(texts) as ArrayRef), &self.key_type)?;
             self.keys.convert_columns(&[typed])?
         };
+        let mut updates = Vec::with_capacity(rows.num_rows() + changes.deletes.len());
         let mut deletes = changes.deletes.iter().enumerate().peekable();
         for r in 0..=rows.num_rows() {
             while let Some((d, (_, _, time))) = deletes.next_if(|(_, (at, _, _))| *at <= r) {
-                self.add_version(delete_keys.row(d).data(), *time, None);
+                updates.push((delete_keys.row(d).data(), *time, None));
             }
             if r == rows.num_rows() {
                 break;
             }
-            if keys.row(r).data().is_empty() || rows.column(self.table_key).is_null(r) {
+            if rows.column(self.table_key).is_null(r) {
                 continue;
             }
             let time = times.map_or(0, |t| if t.is_null(r) { i64::MIN } else { t.value(r) });
-            self.add_version(keys.row(r).data(), time, Some(encoded.row(r).data().into()));
+            updates.push((keys.row(r).data(), time, Some(encoded.row(r).data().into())));
         }
-        Ok(())
+        self.add_versions(updates)
     }
 
-    fn state_rows(&self) -> usize {
-        self.versions.len()
+    fn joins_table(&self) -> Option<&str> {
+        Some(&self.table)
+    }
+
+    fn attach_table_store(&mut self, store: OperatorState) -> anyhow::Result<()> {
+        if let Versions::Memory(map) = &self.versions
+            && !map.is_empty()
+        {
+            anyhow::bail!(
+                "table {}: a store is attached before any row is read",
+                self.table
+            );
+        }
+        self.versions = Versions::Store(store);
+        Ok(())
     }
 }

@@ -177,6 +177,16 @@ pub trait Operator: Send {
         Ok(())
     }
 
+    /// The table this operator joins, if it is a lookup join.
+    fn joins_table(&self) -> Option<&str> {
+        None
+    }
+
+    /// Gives a lookup join an (empty) store for its table's rows.
+    fn attach_table_store(&mut self, _store: OperatorState) -> anyhow::Result<()> {
+        Ok(())
+    }
+
     /// Groups held in open windows, for metrics.
     fn state_rows(&self) -> usize {
         0
