@@ -2,10 +2,18 @@
 """Deterministic generator of synthetic card transactions (one JSON object per line).
 
     python3 generator.py --events N --seed S --cards C --start 2026-11-21T00:00:00Z > out.jsonl
+    python3 generator.py --merchant-table --start 2026-11-21T00:00:00Z > merchants.jsonl
 
 Output line (keys in this order, Python ``json.dumps`` default separators):
 
     {"card_id": "card-000123", "merchant": "m-0042", "amount": 12.34, "ts": "2026-11-21T10:00:00.123Z", "is_fraud": false}
+
+With ``--merchant-table`` it prints instead the merchant table (no random
+draws; ``--events``, ``--seed``, ``--cards`` and ``--rate`` are ignored), one
+line per merchant i = 0 .. M-1 in order, for a compacted topic keyed by
+merchant:
+
+    {"key": "m-0042", "value": {"merchant": "m-0042", "risk": 0.611, "category": "online", "updated_at": "2026-11-21T00:00:00.000Z"}}
 
 This file is the reference for the Rust port (``weir generate fraud``); the
 algorithm is meant to be ported line for line.  Everything below is exact.
@@ -26,6 +34,24 @@ Float maths is IEEE f64 (ln, exp, cos, sqrt from the C library); ``//`` is
 integer floor division.  All times are integer milliseconds since the Unix epoch.  ``cents(x)`` =
 ``floor(x * 100 + 0.5)`` as an integer, clamped to at least 1; the emitted
 amount is ``cents / 100`` (shortest round-trip float repr, e.g. 12.3, 1200.0).
+
+Merchants (deterministic, no draws), for merchant index i = 0 .. M-1:
+
+    risk(i)      = ((i * 7919 + 13) % 1000) / 1000.0      # 0.000 .. 0.999, each value once
+    category(i)  = CATEGORIES[(i * 31 + 7) % 8]
+    CATEGORIES   = ["grocery", "fuel", "restaurants", "travel",
+                    "electronics", "online", "gift-cards", "gaming"]
+    compromised  = (i * 7919 + 13) % 1000 >= 900           # i.e. risk(i) >= 0.9
+    COMPROMISED  = sorted list of the compromised indices  # exactly 100 (7919 is prime to 1000):
+                   [1, 13, 25, 26, 38, 50, 62, 63, 75, 87, ..., 976, 988, 989]
+    table row i  : key "m-%04d" % i; value {"merchant": key, "risk": risk(i),
+                   "category": category(i), "updated_at": fmt_ts(start_ms)}
+
+Fraud episodes prefer compromised merchants.  Wherever an episode picks a
+merchant it uses
+
+    pick_merchant() = COMPROMISED[int_below(100)] if U() < 0.7 else int_below(M)
+                      # 2 draws: first the U() < 0.7 test, then the index
 
 Constants: M = 1000 merchants ("m-%04d"), FRAUD_MOD = 67, FRAUD_REM = 13
 (cards with index % 67 == 13 are fraud-prone: ~1.5 % of cards),
@@ -65,24 +91,30 @@ card (index < C/20) ~50; about 2-3 % of events are fraud.
            merchant = merchant0 if U() < 0.7 else merchant0 + 1 (mod M)
            amount   = cents(0.5 + 4.5 * U())
            gap_ms   = 2000 + int_below(6000)
-       kind 1 "large"  (sudden large amounts at random merchants)
-           merchant = int_below(M)
+       kind 1 "large"  (sudden large amounts, mostly at compromised merchants)
+           merchant = pick_merchant()
            amount   = cents(exp(ln(300) + 2.3 * U()))   # 300 .. ~3000
            gap_ms   = 20000 + int_below(40000)
        kind 2 "spread" (many distinct merchants within minutes)
-           merchant = int_below(M)
+           merchant = pick_merchant()
            amount   = cents(exp(mu_card + sigma_card * normal()) * (1 + 2 * U()))
            gap_ms   = 5000 + int_below(15000)
+       (pick_merchant's 2 draws come first, before the amount's.)
        is_fraud = true; e.next_ms += gap_ms; if e.next_ms > e.end_ms the episode
        ends (removed from the active list).
 
 4. New episode (started at time now):
        card      = FRAUD_MOD * int_below(C // FRAUD_MOD) + FRAUD_REM   (needs C >= 67)
        kind      = int_below(3)
-       merchant0 = int_below(M)
+       merchant0 = pick_merchant()      # drawn for every kind (only burst uses it)
        end_ms    = now + 120000 + int_below(360000)           # lasts 2..8 minutes
        next_ms   = now        (first event emitted right away in this slot)
    Episodes are kept in a list in start order; removal keeps the order.
+   The draws of a new episode are therefore, in order: int_below(C // 67)
+   (card), int_below(3) (kind), U() < 0.7 then int_below(100) or
+   int_below(M) (merchant0), int_below(360000) (end); then its first event
+   (step 3).  A burst's second merchant, merchant0 + 1 (mod M), is not
+   re-drawn; when merchant0 is compromised its risk is 0.819 .. 0.918.
 
 Timestamps are formatted as UTC ``YYYY-MM-DDTHH:MM:SS.mmmZ``.
 """
@@ -98,6 +130,9 @@ M = 1000
 FRAUD_MOD = 67
 FRAUD_REM = 13
 EPISODES_PER_SEC = 0.2
+CATEGORIES = ["grocery", "fuel", "restaurants", "travel",
+              "electronics", "online", "gift-cards", "gaming"]
+P_COMPROMISED = 0.7
 EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
 
 
@@ -118,6 +153,34 @@ def parse_ts(s):
 def fmt_ts(ms):
     d = EPOCH + _dt.timedelta(milliseconds=ms)
     return d.strftime("%Y-%m-%dT%H:%M:%S") + ".%03dZ" % (ms % 1000)
+
+
+def risk_permille(i):
+    return (i * 7919 + 13) % 1000
+
+
+def risk(i):
+    """Merchant i's risk score, 0.000 .. 0.999."""
+    return risk_permille(i) / 1000.0
+
+
+def category(i):
+    return CATEGORIES[(i * 31 + 7) % 8]
+
+
+COMPROMISED = [i for i in range(M) if risk_permille(i) >= 900]  # sorted, 100 merchants
+
+
+def merchant_table(start_ms):
+    """The merchant table's records (compacted topic, keyed by merchant), one per
+    merchant in index order, all versioned at start_ms."""
+    updated = fmt_ts(start_ms)
+    out = []
+    for i in range(M):
+        name = "m-%04d" % i
+        out.append({"key": name, "value": {"merchant": name, "risk": risk(i),
+                                           "category": category(i), "updated_at": updated}})
+    return out
 
 
 def cents(x):
@@ -155,6 +218,12 @@ class Gen:
         v = self.u()
         return int(math.floor(v * v * n))
 
+    def pick_merchant(self):
+        """A fraud episode's merchant: 70 % a compromised one."""
+        if self.u() < P_COMPROMISED:
+            return COMPROMISED[self.int_below(len(COMPROMISED))]
+        return self.int_below(M)
+
     def normal(self):
         u1 = self.u()
         u2 = self.u()
@@ -168,11 +237,11 @@ class Gen:
             amount = cents(0.5 + 4.5 * self.u())
             gap = 2000 + self.int_below(6000)
         elif kind == 1:
-            merchant = self.int_below(M)
+            merchant = self.pick_merchant()
             amount = cents(math.exp(math.log(300.0) + 2.3 * self.u()))
             gap = 20000 + self.int_below(40000)
         else:
-            merchant = self.int_below(M)
+            merchant = self.pick_merchant()
             c = e["card"]
             x = math.exp(self.mu[c] + self.sigma[c] * self.normal())
             amount = cents(x * (1.0 + 2.0 * self.u()))
@@ -196,7 +265,7 @@ class Gen:
             e = {
                 "card": FRAUD_MOD * self.int_below(self.cards // FRAUD_MOD) + FRAUD_REM,
                 "kind": self.int_below(3),
-                "merchant0": self.int_below(M),
+                "merchant0": self.pick_merchant(),
             }
             e["end_ms"] = now + 120000 + self.int_below(360000)
             e["next_ms"] = now
@@ -247,8 +316,15 @@ def main(argv=None):
     ap.add_argument("--cards", type=int, default=100000)
     ap.add_argument("--start", default="2026-11-21T00:00:00Z")
     ap.add_argument("--rate", type=int, default=200, help="events per simulated second")
+    ap.add_argument("--merchant-table", action="store_true",
+                    help="print the merchant table (JSONL records {key, value}) instead of events")
     a = ap.parse_args(argv)
     out = sys.stdout
+    if a.merchant_table:
+        for rec in merchant_table(parse_ts(a.start)):
+            out.write(json.dumps(rec))
+            out.write("\n")
+        return
     for ev in generate(a.events, a.seed, a.cards, a.start, a.rate):
         out.write(json.dumps(ev))
         out.write("\n")

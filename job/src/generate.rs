@@ -4,7 +4,8 @@
 //! algorithm): most cards buy a few times an hour at favourite merchants;
 //! fraud-prone cards (index % 67 == 13) go through short episodes of card
 //! testing (bursts of small charges), sudden large amounts, or spending spread
-//! over many merchants. The random source differs from Python's, so the events
+//! over many merchants, 70 % of the time at compromised merchants (merchant
+//! risk >= 0.9, see [`merchant_risk`]). The random source differs from Python's, so the events
 //! are the same in distribution, not byte for byte.
 
 use rand::rngs::StdRng;
@@ -35,6 +36,53 @@ impl Transaction {
             self.is_fraud
         )
     }
+}
+
+/// Merchant categories, for the merchant-risk table.
+pub const CATEGORIES: [&str; 8] = [
+    "grocery",
+    "fuel",
+    "restaurants",
+    "travel",
+    "electronics",
+    "online",
+    "gift-cards",
+    "gaming",
+];
+
+/// A merchant's risk score in [0, 1), a fixed function of its index.
+pub fn merchant_risk(i: usize) -> f64 {
+    ((i * 7919 + 13) % 1000) as f64 / 1000.0
+}
+
+pub fn merchant_category(i: usize) -> &'static str {
+    CATEGORIES[(i * 31 + 7) % 8]
+}
+
+/// Merchants fraud episodes favour: risk 0.9 and above.
+fn compromised() -> &'static [usize] {
+    static LIST: std::sync::OnceLock<Vec<usize>> = std::sync::OnceLock::new();
+    LIST.get_or_init(|| {
+        (0..MERCHANTS)
+            .filter(|&i| merchant_risk(i) >= 0.9)
+            .collect()
+    })
+}
+
+/// The merchant-risk table as (key, JSON value) records, valid from `start_ms`.
+pub fn merchant_table(start_ms: i64) -> Vec<(String, String)> {
+    (0..MERCHANTS)
+        .map(|i| {
+            let key = format!("m-{i:04}");
+            let value = format!(
+                r#"{{"merchant": "{key}", "risk": {}, "category": "{}", "updated_at": "{}"}}"#,
+                merchant_risk(i),
+                merchant_category(i),
+                fmt_ts(start_ms)
+            );
+            (key, value)
+        })
+        .collect()
 }
 
 pub fn fmt_ts(ms: i64) -> String {
@@ -116,7 +164,7 @@ impl FraudGenerator {
                 )
             }
             1 => (
-                below(rng, MERCHANTS),
+                episode_merchant(rng),
                 cents((300f64.ln() + 2.3 * rng.random::<f64>()).exp()),
                 20000 + below(rng, 40000),
             ),
@@ -124,7 +172,7 @@ impl FraudGenerator {
                 let c = &self.cards[e.card];
                 let x = (c.mu + c.sigma * normal(rng)).exp();
                 (
-                    below(rng, MERCHANTS),
+                    episode_merchant(rng),
                     cents(x * (1.0 + 2.0 * rng.random::<f64>())),
                     5000 + below(rng, 15000),
                 )
@@ -157,7 +205,7 @@ impl FraudGenerator {
                 let e = Episode {
                     card: FRAUD_MOD * below(&mut self.rng, n / FRAUD_MOD) + FRAUD_REM,
                     kind: below(&mut self.rng, 3),
-                    merchant0: below(&mut self.rng, MERCHANTS),
+                    merchant0: episode_merchant(&mut self.rng),
                     end_ms: now + 120_000 + below(&mut self.rng, 360_000) as i64,
                     next_ms: now,
                 };
@@ -198,6 +246,16 @@ impl FraudGenerator {
             ts_ms: (t - lag).max(self.start_ms),
             is_fraud: fraud,
         }
+    }
+}
+
+/// A merchant for a fraud episode: a compromised one 70 % of the time.
+fn episode_merchant(rng: &mut StdRng) -> usize {
+    if rng.random::<f64>() < 0.7 {
+        let c = compromised();
+        c[below(rng, c.len())]
+    } else {
+        below(rng, MERCHANTS)
     }
 }
 

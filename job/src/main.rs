@@ -47,7 +47,8 @@ enum Command {
     Explain { file: PathBuf },
     /// Write synthetic data for an example as JSON lines.
     Generate {
-        /// Which generator: fraud.
+        /// Which generator: fraud (card transactions) or fraud-merchants (the
+        /// merchant-risk table: key and value per line on stdout).
         kind: String,
         #[arg(long, default_value_t = 10_000)]
         events: u64,
@@ -152,10 +153,34 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             brokers,
             topic,
         } => {
-            if kind != "fraud" {
-                anyhow::bail!("unknown generator '{kind}' (available: fraud)");
-            }
             let start_ms = chrono::DateTime::parse_from_rfc3339(&start)?.timestamp_millis();
+            if kind == "fraud-merchants" {
+                // One version per merchant, valid from the start of simulated time.
+                let rows = weir::generate::merchant_table(start_ms);
+                match brokers {
+                    None => {
+                        let stdout = std::io::stdout();
+                        let mut out = std::io::BufWriter::new(stdout.lock());
+                        for (key, value) in &rows {
+                            writeln!(out, r#"{{"key": "{key}", "value": {value}}}"#)?;
+                        }
+                    }
+                    Some(b) => {
+                        let sink = weir::task::Sink::new(&weir::kafka::producer_config(
+                            &b,
+                            &Default::default(),
+                        ))?;
+                        for (key, value) in &rows {
+                            sink.send(&topic, Some(key.as_bytes()), value.as_bytes(), None)?;
+                        }
+                        sink.flush()?;
+                    }
+                }
+                return Ok(());
+            }
+            if kind != "fraud" {
+                anyhow::bail!("unknown generator '{kind}' (available: fraud, fraud-merchants)");
+            }
             let mut g = FraudGenerator::new(seed, cards, start_ms, rate);
             match brokers {
                 None => {

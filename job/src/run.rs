@@ -138,6 +138,22 @@ pub fn run_pipeline(mut loaded: LoadedPipeline, options: RunOptions) -> anyhow::
         )?;
     }
 
+    // Joined tables: on the embedded broker, created (and filled by their
+    // generator); on a real cluster their topics must exist (checked when read).
+    if let Some(broker) = &embedded {
+        for table in plan.tables.values().filter(|t| t.scan_table) {
+            broker.create_topic(&table.topic, table.partitions.unwrap_or(1))?;
+            match table.embedded_generator.as_deref() {
+                None => {}
+                Some("fraud-merchants") => write_merchant_table(table)?,
+                Some(other) => bail!(
+                    "table {}: unknown 'embedded.generator' '{other}' (available for tables: fraud-merchants)",
+                    table.name
+                ),
+            }
+        }
+    }
+
     let stop = options.stop.clone();
     let mut generators = Vec::new();
     if embedded.is_some() {
@@ -425,6 +441,21 @@ fn create_output_topic(
         Some(b) => b.create_topic(topic, partitions),
         None => ensure_topic(bootstrap, topic, partitions, CONNECT_TIMEOUT),
     }
+}
+
+/// The fraud example's merchant-risk table, written once, valid from a day ago
+/// (before any generated transaction).
+fn write_merchant_table(table: &KafkaTable) -> anyhow::Result<()> {
+    let config = producer_config(&table.bootstrap_servers, &BTreeMap::new());
+    let sink = Sink::new(&config)?;
+    let since = chrono::Utc::now().timestamp_millis() - 86_400_000;
+    let rows = crate::generate::merchant_table(since);
+    for (key, value) in &rows {
+        sink.send(&table.topic, Some(key.as_bytes()), value.as_bytes(), None)?;
+    }
+    sink.flush()?;
+    info!("wrote {} merchants into '{}'", rows.len(), table.topic);
+    Ok(())
 }
 
 fn spawn_generator(

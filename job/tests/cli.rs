@@ -43,7 +43,7 @@ fn fraud_example_prints_predictions_on_the_embedded_broker() {
     let mut prediction = None;
     while Instant::now() < deadline && prediction.is_none() {
         if let Ok(line) = rx.recv_timeout(Duration::from_millis(200))
-            && line.starts_with("card-scores ")
+            && line.starts_with("transaction-scores ")
         {
             prediction = Some(line);
         }
@@ -57,6 +57,9 @@ fn fraud_example_prints_predictions_on_the_embedded_broker() {
     let v: serde_json::Value = serde_json::from_str(json).expect("the prediction is JSON");
     let p = v["p_fraud"].as_f64().expect("p_fraud is a number");
     assert!((0.0..=1.0).contains(&p), "{line}");
+    // The merchant-risk table (written by the embedded generator) was joined.
+    let risk = v["risk"].as_f64().expect("the merchant's risk was joined");
+    assert!((0.0..1.0).contains(&risk), "{line}");
     assert!(
         v["card_id"].as_str().unwrap().starts_with("card-"),
         "{line}"
@@ -103,8 +106,8 @@ fn explain(file: &str) -> String {
 }
 
 #[test]
-fn explain_prints_the_dataflow() {
-    let text = explain("examples/fraud/pipeline.sql");
+fn explain_prints_the_window_example() {
+    let text = explain("examples/fraud/windows.sql");
     for needle in [
         "source transactions",
         "window aggregate HOP(slide 1min, size 10min)",
@@ -118,10 +121,11 @@ fn explain_prints_the_dataflow() {
 
 #[test]
 fn explain_prints_the_per_event_example() {
-    let text = explain("examples/fraud/per-event.sql");
+    let text = explain("examples/fraud/pipeline.sql");
     for needle in [
-        "over partition by [transactions.card_id] order by ts",
-        "Count(DISTINCT transactions.merchant) over range 10min",
+        "over partition by [t.card_id] order by ts",
+        "Count(DISTINCT t.merchant) over range 10min",
+        "left join table merchant_risk on f.merchant = its key, the version as of ts",
         "predict with model fraud",
         "sink transaction_scores",
     ] {

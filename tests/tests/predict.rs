@@ -1,7 +1,7 @@
 //! weir's scores (tract, one run per batch) against onnxruntime's on the same
 //! inputs, for every committed model. The fixtures were written by the
 //! training scripts with onnxruntime (examples/fraud/train.py,
-//! tests/models/make_models.py).
+//! examples/fraud/train_per_event.py, tests/models/make_models.py).
 
 use serde_json::Value;
 use weir_operators::Model;
@@ -49,6 +49,15 @@ fn fraud_model_matches_onnxruntime() {
     check(
         "examples/fraud/fraud.onnx",
         "examples/fraud/fixtures/scores.jsonl",
+        "p",
+    );
+}
+
+#[test]
+fn per_event_fraud_model_matches_onnxruntime() {
+    check(
+        "examples/fraud/fraud-per-event.onnx",
+        "examples/fraud/fixtures/per_event_scores.jsonl",
         "p",
     );
 }
