@@ -167,11 +167,13 @@ def assert_same(A, B, what):
 
 def check_features(args):
     start_ms = generator.parse_ts(args.start)
-    # 1. the validation file: first 2000 events of generate(2000, 42, 100000, start)
-    evs = list(generator.generate(2000, 42, 100_000, args.start))
+    # 1. the validation file (weir's tests/tests/example_features.rs replays it
+    #    through pipeline.sql): 3000 events of 300 cards at 2 events per
+    #    simulated second (25 minutes), so the 1 min, 10 min and 1 h frames differ
+    evs = list(generator.generate(3000, 42, 300, args.start, rate=2))
     cols = load_events(evs)
     X = per_event_features(*cols[:4])
-    assert_same(X, duckdb_features(*cols[:4]), "generate(2000, 42, 100000)")
+    assert_same(X, duckdb_features(*cols[:4]), "generate(3000, 42, 300, rate=2)")
     with open(args.features_fixture, "w") as fh:
         for ev, row in zip(evs, X):
             out = dict(ev)
