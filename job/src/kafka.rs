@@ -6,9 +6,30 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use weir_sql::KafkaTable;
+
+/// A consumer context that does not log end-of-partition events as errors:
+/// weir asks for them (bounded reads, reading a table to its end) and handles
+/// them itself. Other client errors are logged as librdkafka's default does.
+#[derive(Clone, Copy, Default)]
+pub struct QuietEof;
+
+impl ClientContext for QuietEof {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF) {
+            return;
+        }
+        tracing::error!("librdkafka: {error}: {reason}");
+    }
+}
+
+impl ConsumerContext for QuietEof {}
+
+/// weir's consumers.
+pub type WeirConsumer = BaseConsumer<QuietEof>;
 
 /// librdkafka settings weir uses unless the table's `properties.*` override them.
 /// A short fetch wait matters: some brokers hold a fetch open for its whole
@@ -152,7 +173,7 @@ pub fn ensure_topic_with(
 
 /// A consumer for reading assigned partitions to their end once (no commits,
 /// end-of-partition events on, short fetch waits for tansu).
-pub fn scan_consumer(bootstrap: &str, group: &str) -> anyhow::Result<BaseConsumer> {
+pub fn scan_consumer(bootstrap: &str, group: &str) -> anyhow::Result<WeirConsumer> {
     ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", group)
@@ -160,7 +181,7 @@ pub fn scan_consumer(bootstrap: &str, group: &str) -> anyhow::Result<BaseConsume
         .set("enable.partition.eof", "true")
         .set("fetch.wait.max.ms", "10")
         .set("socket.connection.setup.timeout.ms", "10000")
-        .create()
+        .create_with_context(QuietEof)
         .with_context(|| format!("creating the {group} consumer"))
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -19,11 +19,11 @@ use tracing::{info, warn};
 use weir_operators::{JsonDecoder, RecordMeta, TableChanges};
 use weir_sql::KafkaTable;
 
-use crate::kafka::apply_properties;
+use crate::kafka::{QuietEof, WeirConsumer, apply_properties};
 
 pub struct TableFeed {
     pub table: KafkaTable,
-    consumer: BaseConsumer,
+    consumer: WeirConsumer,
     decoder: JsonDecoder,
     partitions: usize,
     /// Records that could not be read as the table's row (counted, skipped).
@@ -44,8 +44,8 @@ impl TableFeed {
             .set("fetch.wait.max.ms", "10")
             .set("socket.connection.setup.timeout.ms", "10000");
         apply_properties(&mut config, &table.properties);
-        let consumer: BaseConsumer = config
-            .create()
+        let consumer: WeirConsumer = config
+            .create_with_context(QuietEof)
             .with_context(|| format!("creating the consumer of table {}", table.name))?;
         let md = consumer
             .fetch_metadata(Some(&table.topic), timeout)

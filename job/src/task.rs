@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use datafusion::arrow::array::{AsArray, Int64Array};
 use datafusion::arrow::datatypes::TimestampMillisecondType;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
@@ -42,7 +42,9 @@ use weir_sql::{Flow, KafkaTable, LatePolicy, Stage, StartupMode, WindowKind};
 use weir_state::{CheckpointMeta, HeldOffsets, InputPosition, TaskStore, fault};
 
 use crate::changelog::{self, CatchUp, Changelog};
-use crate::kafka::{CHANGE_HEADER, ID_HEADER, consumer_config, end_offsets, read_output_ids};
+use crate::kafka::{
+    CHANGE_HEADER, ID_HEADER, QuietEof, WeirConsumer, consumer_config, end_offsets, read_output_ids,
+};
 use crate::table::TableFeed;
 
 /// Counts delivery outcomes; a failed delivery fails the next flush.
@@ -385,8 +387,8 @@ impl SourceTask {
 
     pub fn run(mut self) -> anyhow::Result<()> {
         let table = self.table.clone();
-        let consumer: BaseConsumer = consumer_config(&table, &self.settings.group_id)
-            .create()
+        let consumer: WeirConsumer = consumer_config(&table, &self.settings.group_id)
+            .create_with_context(QuietEof)
             .context("creating the Kafka consumer")?;
         let md = consumer
             .fetch_metadata(Some(&table.topic), Duration::from_secs(10))
@@ -880,7 +882,7 @@ impl SourceTask {
     fn checkpoint(
         &mut self,
         store: &mut TaskStore,
-        consumer: &BaseConsumer,
+        consumer: &WeirConsumer,
         tracker: &WatermarkTracker,
         progress: &mut Progress,
     ) -> anyhow::Result<()> {
