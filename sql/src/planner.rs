@@ -172,6 +172,8 @@ struct Tvf {
 
 struct View {
     plan: LogicalPlan,
+    /// The view's own query: its positions and temporal-join clauses.
+    query: QuerySpan,
 }
 
 struct Chain {
@@ -343,7 +345,7 @@ impl<'a> Planner<'a> {
                             plan.schema().as_arrow().clone(),
                         ))),
                     );
-                    self.views.insert(name.value, View { plan });
+                    self.views.insert(name.value, View { plan, query });
                 }
                 Statement::Insert { sink, query } => {
                     let flow = self.plan_insert(&sink, &query)?;
@@ -772,7 +774,8 @@ impl<'a> Planner<'a> {
                         window: Some(tvf.clone()),
                     }
                 } else if let Some(view) = self.views.get(name) {
-                    self.lower(&view.plan, query)?
+                    // The view's clauses (FOR SYSTEM_TIME AS OF) and positions.
+                    self.lower(&view.plan, &view.query)?
                 } else {
                     return Err(Located::new(
                         query.pos,

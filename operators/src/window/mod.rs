@@ -215,11 +215,9 @@ impl WindowAggregateOp {
         } else {
             vec![None; n]
         };
-        if pane.fired {
-            for (k, e) in keys.iter().zip(&existing) {
-                pane.changed.entry(k.clone()).or_insert(e.is_some());
-            }
-        }
+        // Of a fired pane: which groups' results the delta changes (a late row
+        // that leaves every value as it was re-emits nothing).
+        let mut differs = vec![!pane.fired; n];
         let mut batch = store.batch();
         if let Some(conv) = &self.agg.state_converter {
             let mut columns = self.agg.take_states(&mut accumulators)?;
@@ -238,21 +236,52 @@ impl WindowAggregateOp {
             }
             let rows = conv.convert_columns(&columns)?;
             for (g, k) in state_keys.iter().enumerate() {
-                store.put(&mut batch, k, rows.row(g).as_ref())?;
+                let row = rows.row(g);
+                if existing[g].as_deref() != Some(row.as_ref()) {
+                    differs[g] = true;
+                }
+                store.put(&mut batch, k, row.as_ref())?;
             }
         } else {
-            for k in &state_keys {
+            for (g, k) in state_keys.iter().enumerate() {
+                if existing[g].is_none() {
+                    differs[g] = true;
+                }
                 store.put(&mut batch, k, &[])?;
             }
         }
         for (agg, seen) in seen.iter().enumerate() {
             let Some(seen) = seen else { continue };
+            let mut sightings = Vec::with_capacity(seen.len());
             for s in seen {
                 let g = u32::from_le_bytes(s[..4].try_into().expect("4-byte group index"));
                 let mut k = with_kind(&prefixes[g as usize], KIND_SIGHTING);
                 k.push(agg as u8);
                 k.extend_from_slice(&s[4..]);
-                store.put(&mut batch, &k, &[])?;
+                sightings.push((g as usize, k));
+            }
+            if pane.fired && pane.in_store {
+                // A value the store has already seen changes nothing.
+                let refs: Vec<&[u8]> = sightings.iter().map(|(_, k)| k.as_slice()).collect();
+                for ((g, _), had) in sightings.iter().zip(store.multi_get(&refs)?) {
+                    if had.is_none() {
+                        differs[*g] = true;
+                    }
+                }
+            } else {
+                for (g, _) in &sightings {
+                    differs[*g] = true;
+                }
+            }
+            for (_, k) in &sightings {
+                store.put(&mut batch, k, &[])?;
+            }
+        }
+        if pane.fired {
+            for ((k, e), d) in keys.iter().zip(&existing).zip(&differs) {
+                if *d {
+                    pane.changed.entry(k.clone()).or_insert(e.is_some());
+                }
             }
         }
         store.write(batch)?;
@@ -529,7 +558,11 @@ impl WindowAggregateOp {
                     end,
                     delta: self.new_delta()?,
                     in_store: false,
-                    fired: false,
+                    // A window whose end the watermark has passed (allowed
+                    // lateness) counts as fired: its groups come out as
+                    // changes at the next advance, and survive a checkpoint
+                    // as such.
+                    fired: end - 1 <= self.fired_through,
                     changed: BTreeMap::new(),
                 };
                 self.panes.insert(end, pane);

@@ -608,6 +608,8 @@ impl SessionOp {
             Some(conv) => Some(conv.convert_columns(data.columns())?),
             None => None,
         };
+        // An update whose values equal what was emitted changes nothing.
+        let mut keep = Vec::with_capacity(emits.len());
         for (i, e) in emits.iter().enumerate() {
             let delete_id = {
                 let parts = name(&e.pk, &e.gk, e.bounds);
@@ -616,11 +618,27 @@ impl SessionOp {
             };
             let g = self.group_mut(&e.pk, e.bounds.0, &e.gk)?;
             g.changed = false;
-            g.emitted = rows
-                .as_ref()
-                .map(|r| (delete_id, Box::<[u8]>::from(r.row(i).data())));
+            let row: Option<Box<[u8]>> = rows.as_ref().map(|r| r.row(i).data().into());
+            let same = e.change == Change::Update
+                && matches!((&g.emitted, &row), (Some((_, old)), Some(new)) if old == new);
+            keep.push(!same);
+            g.emitted = row.map(|r| (delete_id, r));
         }
-        out.push(Batch::uniform(data, watermark, Arc::new(id_array(ids))));
+        let (data, ids) = if keep.iter().all(|k| *k) {
+            (data, ids)
+        } else {
+            let mask = datafusion::arrow::array::BooleanArray::from(keep.clone());
+            let data = datafusion::arrow::compute::filter_record_batch(&data, &mask)?;
+            let ids = ids
+                .into_iter()
+                .zip(&keep)
+                .filter_map(|(id, k)| k.then_some(id))
+                .collect();
+            (data, ids)
+        };
+        if data.num_rows() > 0 {
+            out.push(Batch::uniform(data, watermark, Arc::new(id_array(ids))));
+        }
         Ok(())
     }
 
