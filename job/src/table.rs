@@ -32,6 +32,8 @@ pub struct TableFeed {
 
 /// Records read per poll between stream batches, at most.
 const MAX_PER_POLL: usize = 10_000;
+/// Records decoded and applied at a time while reading a table to its end.
+const READ_CHUNK: usize = 65_536;
 
 impl TableFeed {
     pub fn open(table: &KafkaTable, timeout: Duration) -> anyhow::Result<Self> {
@@ -77,11 +79,18 @@ impl TableFeed {
         })
     }
 
-    /// Reads the whole topic, to the end of every partition.
-    pub fn read_to_end(&mut self, timeout: Duration) -> anyhow::Result<TableChanges> {
+    /// Reads the whole topic, to the end of every partition, handing it to
+    /// `apply` in chunks (so memory holds one chunk, not the topic); returns
+    /// how many records were read.
+    pub fn read_to_end(
+        &mut self,
+        timeout: Duration,
+        apply: &mut dyn FnMut(TableChanges) -> anyhow::Result<()>,
+    ) -> anyhow::Result<usize> {
         let deadline = Instant::now() + timeout;
         let mut ended = std::collections::HashSet::new();
         let mut records = Records::default();
+        let mut total = 0;
         while ended.len() < self.partitions {
             if Instant::now() > deadline {
                 anyhow::bail!(
@@ -93,20 +102,27 @@ impl TableFeed {
             }
             match self.consumer.poll(Duration::from_millis(100)) {
                 None => {}
-                Some(Ok(m)) => records.push(&m),
+                Some(Ok(m)) => {
+                    records.push(&m);
+                    if records.seen >= READ_CHUNK {
+                        total += records.seen;
+                        let chunk = std::mem::take(&mut records);
+                        apply(self.changes(chunk)?)?;
+                    }
+                }
                 Some(Err(KafkaError::PartitionEOF(p))) => {
                     ended.insert(p);
                 }
                 Some(Err(e)) => warn!("table {}: {e} (retrying)", self.table.name),
             }
         }
+        total += records.seen;
+        apply(self.changes(records)?)?;
         info!(
-            "table {}: {} records read from '{}'",
-            self.table.name,
-            records.metas.len(),
-            self.table.topic
+            "table {}: {total} records read from '{}'",
+            self.table.name, self.table.topic
         );
-        self.changes(records)
+        Ok(total)
     }
 
     /// What arrived since the last read, without waiting.

@@ -753,8 +753,16 @@ impl SourceTask {
         let mut tables = Vec::new();
         for t in self.settings.lookup_tables.clone() {
             let mut feed = TableFeed::open(&t, Duration::from_secs(30))?;
-            let changes = feed.read_to_end(Duration::from_secs(600))?;
-            self.apply_table(&mut feed, &changes)?;
+            let flows = &mut self.flows;
+            feed.read_to_end(Duration::from_secs(600), &mut |changes| {
+                for f in flows.iter_mut() {
+                    f.chain.apply_table(&t.name, &changes)?;
+                }
+                Ok(())
+            })?;
+            self.counters
+                .dead_lettered
+                .fetch_add(std::mem::take(&mut feed.bad), Ordering::Relaxed);
             tables.push(feed);
         }
         let mut last_checkpoint = Instant::now();
