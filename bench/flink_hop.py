@@ -29,8 +29,15 @@ What is measured (printed as one JSON object):
   total_cpu_s       java process CPU from its start to the end of the job plus
                     this python process's own (getrusage RUSAGE_SELF)
   java_peak_rss_mib VmHWM of the java process at the end
-The fixed per-job cost (mini-cluster start, planning, final checkpoint) is in
-job_*; bench/run.py measures it with a tiny input to subtract it.
+  processing_wall_s from the job's RUNNING state to the file sink's end of
+                    input (all windows fired and written), from the Flink log;
+                    excludes JVM start, planning, mini-cluster start and the
+                    wait for the final checkpoint (final_checkpoint_wait_s: the
+                    job finishes at the next periodic checkpoint, up to 10 s)
+  setup_wall_s      the rest of job_wall_s: planning, code generation, mini-cluster
+                    start, job submission (before the job is RUNNING)
+  events_per_s_processing  events / processing_wall_s
+The fixed per-job cost is also measured by running a tiny input (bench/run.py).
 """
 
 import argparse
@@ -68,6 +75,44 @@ def java_child():
     if len(javas) != 1:
         raise SystemExit("expected one java child, found %r" % javas)
     return javas[0].pid
+
+
+def log_phases(job_id):
+    """Splits the job's wall time using the mini-cluster's log (pyflink/log/*.log):
+    job RUNNING -> the file sink's end of input (every window fired and written:
+    it logs 'checkpointing for checkpoint with id=9223372036854775807') -> job
+    FINISHED (which waits for the next periodic checkpoint to commit)."""
+    import glob
+    from datetime import datetime
+
+    import pyflink
+
+    logs = sorted(glob.glob(os.path.join(os.path.dirname(pyflink.__file__), "log", "*.log")),
+                  key=os.path.getmtime)
+    if not logs:
+        return {}
+    t_running = t_end_input = t_finished = None
+
+    def stamp(line):
+        return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+    with open(logs[-1], errors="replace") as fh:
+        for line in fh:
+            if t_running is None:
+                if job_id in line and "switched from state CREATED to RUNNING" in line and "Job " in line:
+                    t_running = stamp(line)
+            elif t_end_input is None:
+                if "checkpointing for checkpoint with id=9223372036854775807" in line:
+                    t_end_input = stamp(line)
+            elif job_id in line and "switched from state RUNNING to FINISHED" in line and "Job " in line:
+                t_finished = stamp(line)
+                break
+    out = {}
+    if t_running and t_end_input:
+        out["processing_wall_s"] = round(t_end_input - t_running, 3)
+    if t_end_input and t_finished:
+        out["final_checkpoint_wait_s"] = round(t_finished - t_end_input, 3)
+    return out
 
 
 def main(argv=None):
@@ -147,7 +192,9 @@ def main(argv=None):
 
     cpu0 = proc_cpu_seconds(jvm)
     t2 = time.monotonic()
-    t_env.execute_sql(HOP_SQL).wait()
+    result = t_env.execute_sql(HOP_SQL)
+    job_id = str(result.get_job_client().get_job_id())
+    result.wait()
     t3 = time.monotonic()
     cpu1 = proc_cpu_seconds(jvm)
     rss = proc_peak_rss_mib(jvm)
@@ -168,6 +215,7 @@ def main(argv=None):
     with open(events_path, "rb") as fh:
         events = sum(1 for line in fh if line.strip())
 
+    phases = log_phases(job_id)
     job_wall = t3 - t2
     job_cpu = cpu1 - cpu0
     print(json.dumps({
@@ -182,6 +230,12 @@ def main(argv=None):
         "job_cpu_s": round(job_cpu, 3),
         "events_per_s": round(events / job_wall) if job_wall > 0 else None,
         "cpu_s_per_million_events": round(job_cpu / events * 1e6, 3) if events else None,
+        "job_id": job_id,
+        **phases,
+        "setup_wall_s": (round(job_wall - phases["processing_wall_s"] - phases["final_checkpoint_wait_s"], 3)
+                         if "final_checkpoint_wait_s" in phases and "processing_wall_s" in phases else None),
+        "events_per_s_processing": (round(events / phases["processing_wall_s"])
+                                    if phases.get("processing_wall_s") else None),
         "total_wall_s": round(t3 - T_START, 3),
         "total_cpu_s": round(cpu1 + py_cpu, 3),
         "java_cpu_before_job_s": round(cpu0, 3),

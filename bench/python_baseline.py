@@ -145,6 +145,7 @@ class Pipeline:
         self.predictions = 0
         self.bad = 0
         self.dump = open(args.dump_windows, "w") if args.dump_windows else None
+        self.end_ms = None  # window end being scored (for --dump-windows)
 
     # --- input ----------------------------------------------------------
     def consumer(self):
