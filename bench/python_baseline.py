@@ -155,6 +155,7 @@ class Pipeline:
             "enable.partition.eof": True,
             "enable.auto.commit": False,
             "fetch.wait.max.ms": 5,  # tansu holds fetches ~250 ms otherwise
+            **dict(kv.split("=", 1) for kv in self.args.consumer_config),
         })
         md = c.list_topics(self.args.input, timeout=10).topics[self.args.input]
         if md.error is not None:
@@ -282,6 +283,9 @@ def main(argv=None):
     ap.add_argument("--output", default="card-scores")
     ap.add_argument("--mode", choices=["per-message", "micro-batch"], default="micro-batch")
     ap.add_argument("--batch", type=int, default=1000, help="micro-batch: messages per consume()")
+    ap.add_argument("--consumer-config", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra librdkafka consumer setting (repeatable), e.g. "
+                    "fetch.max.bytes=1048576 max.partition.fetch.bytes=262144")
     ap.add_argument("--model", help="ONNX model (default examples/fraud/fraud.onnx)")
     ap.add_argument("--dump-windows", help="also write every fired window's features and "
                     "p_fraud as JSONL here (for compare_windows.py; not for timed runs)")
@@ -296,6 +300,7 @@ def main(argv=None):
     cpu = c1 - c0
     print(json.dumps({
         "mode": a.mode,
+        "consumer_config": a.consumer_config,
         "batch": a.batch if a.mode == "micro-batch" else 1,
         "events": events,
         "bad": pipe.bad,

@@ -65,7 +65,8 @@ def python_runs(a):
                 la0, b0 = loadavg(), broker.cpu_seconds()
                 rep = run_json([sys.executable, os.path.join(HERE, "python_baseline.py"), "--brokers", broker.brokers,
                                 "--input", "transactions", "--output", "card-scores", "--mode", mode,
-                                "--batch", str(a.batch)])
+                                "--batch", str(a.batch)] +
+                               [arg for kv in a.consumer_config for arg in ("--consumer-config", kv)])
                 rep.update(kind="python", run=i, events_file=a.events_file, partitions=a.partitions,
                            input_value_bytes=produced["value_bytes"],
                            broker_cpu_s=round(broker.cpu_seconds() - b0, 3),
@@ -121,7 +122,8 @@ def summary(a):
     recs = [json.loads(l) for l in open(a.log_file) if l.strip()]
     groups = {}
     for r in recs:
-        key = (r["kind"], r.get("mode") or r.get("state_backend"), r.get("events"))
+        key = (r["kind"], (r.get("mode") or r.get("state_backend")) +
+               (" " + " ".join(r["consumer_config"]) if r.get("consumer_config") else ""), r.get("events"))
         groups.setdefault(key, []).append(r)
     for (kind, variant, events), rs in sorted(groups.items(), key=lambda kv: str(kv[0])):
         print("## %s %s, %s events, %d runs" % (kind, variant, "{:,}".format(events), len(rs)))
@@ -143,6 +145,7 @@ def main(argv=None):
     p.add_argument("--modes", default="micro-batch,per-message")
     p.add_argument("--batch", type=int, default=1000)
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--consumer-config", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--log")
     f = sub.add_parser("flink")
     f.add_argument("--events-file", required=True)
