@@ -6,10 +6,19 @@
 //! table to the end of its topic; afterwards it picks up what arrives between
 //! batches. A record's Kafka key is the row's primary key; a record without a
 //! value deletes the key.
+//!
+//! The feed also says how far the table is complete in event time, for joins
+//! `FOR SYSTEM_TIME AS OF` (which wait for it): per partition, the greatest
+//! version time read minus the table's watermark delay; a partition read to
+//! its end that has stayed there for the table's `scan.watermark.idle-timeout`
+//! (default 0) does not hold the watermark back. The table's watermark is the
+//! least of its partitions'.
 
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use datafusion::arrow::array::{Array, AsArray};
+use datafusion::arrow::datatypes::TimestampMillisecondType;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
@@ -26,8 +35,19 @@ pub struct TableFeed {
     consumer: WeirConsumer,
     decoder: JsonDecoder,
     partitions: usize,
+    progress: Vec<PartitionProgress>,
+    idle_timeout: Duration,
     /// Records that could not be read as the table's row (counted, skipped).
     pub bad: u64,
+}
+
+/// How far one partition of the table has been read.
+#[derive(Clone, Copy)]
+struct PartitionProgress {
+    /// The greatest version time read.
+    max_time: i64,
+    /// Since when the partition has been read to its end, if it is.
+    at_end_since: Option<Instant>,
 }
 
 /// Records read per poll between stream batches, at most.
@@ -75,8 +95,32 @@ impl TableFeed {
             consumer,
             decoder: JsonDecoder::new(table),
             partitions,
+            progress: vec![
+                PartitionProgress {
+                    max_time: i64::MIN,
+                    at_end_since: None,
+                };
+                partitions
+            ],
+            idle_timeout: Duration::from_millis(table.idle_timeout_ms.unwrap_or(0)),
             bad: 0,
         })
+    }
+
+    /// How far the table is complete in event time: joins may use it for
+    /// stream rows at or before this time.
+    pub fn watermark(&self, now: Instant) -> i64 {
+        let delay = self.table.watermark.map_or(0, |w| w.delay_ms);
+        self.progress
+            .iter()
+            .map(|p| match p.at_end_since {
+                Some(since) if now.saturating_duration_since(since) >= self.idle_timeout => {
+                    i64::MAX
+                }
+                _ => p.max_time.saturating_sub(delay),
+            })
+            .min()
+            .unwrap_or(i64::MAX)
     }
 
     /// Reads the whole topic, to the end of every partition, handing it to
@@ -103,6 +147,7 @@ impl TableFeed {
             match self.consumer.poll(Duration::from_millis(100)) {
                 None => {}
                 Some(Ok(m)) => {
+                    read_from(&mut self.progress, m.partition());
                     records.push(&m);
                     if records.seen >= READ_CHUNK {
                         total += records.seen;
@@ -111,6 +156,7 @@ impl TableFeed {
                     }
                 }
                 Some(Err(KafkaError::PartitionEOF(p))) => {
+                    reached_end(&mut self.progress, p);
                     ended.insert(p);
                 }
                 Some(Err(e)) => warn!("table {}: {e} (retrying)", self.table.name),
@@ -131,8 +177,11 @@ impl TableFeed {
         while records.metas.len() < MAX_PER_POLL {
             match self.consumer.poll(Duration::ZERO) {
                 None => break,
-                Some(Ok(m)) => records.push(&m),
-                Some(Err(KafkaError::PartitionEOF(_))) => {}
+                Some(Ok(m)) => {
+                    read_from(&mut self.progress, m.partition());
+                    records.push(&m);
+                }
+                Some(Err(KafkaError::PartitionEOF(p))) => reached_end(&mut self.progress, p),
                 Some(Err(e)) => {
                     warn!("table {}: {e} (retrying)", self.table.name);
                     break;
@@ -157,9 +206,26 @@ impl TableFeed {
                 self.table.name, m.partition, m.offset, b.reason
             );
         }
+        // Each partition's greatest version time.
+        if let Some(w) = self.table.watermark
+            && let Some(times) = decoded
+                .batch
+                .column(w.column)
+                .as_primitive_opt::<TimestampMillisecondType>()
+        {
+            for (row, &value) in decoded.rows.iter().enumerate() {
+                let p = records.metas[value].partition as usize;
+                if let (true, Some(progress)) = (times.is_valid(row), self.progress.get_mut(p)) {
+                    progress.max_time = progress.max_time.max(times.value(row));
+                }
+            }
+        }
         // Deletes, placed among the decoded rows by their input position.
         let mut deletes = Vec::new();
-        for (i, (key, time)) in records.deletes {
+        for (i, partition, key, time) in records.deletes {
+            if let Some(progress) = self.progress.get_mut(partition as usize) {
+                progress.max_time = progress.max_time.max(time);
+            }
             let position = decoded
                 .rows
                 .partition_point(|&r| records.value_index[r] < i);
@@ -181,6 +247,18 @@ impl TableFeed {
     }
 }
 
+fn reached_end(progress: &mut [PartitionProgress], partition: i32) {
+    if let Some(p) = progress.get_mut(partition as usize) {
+        p.at_end_since.get_or_insert_with(Instant::now);
+    }
+}
+
+fn read_from(progress: &mut [PartitionProgress], partition: i32) {
+    if let Some(p) = progress.get_mut(partition as usize) {
+        p.at_end_since = None;
+    }
+}
+
 /// Records read from the topic: values to decode, and deletes (records
 /// without a value) by their position among all records.
 #[derive(Default)]
@@ -190,8 +268,8 @@ struct Records {
     metas: Vec<RecordMeta>,
     /// For each value, its index among all records.
     value_index: Vec<usize>,
-    /// (index among all records, key text, version time).
-    deletes: Vec<(usize, (Option<String>, i64))>,
+    /// (index among all records, partition, key text, version time).
+    deletes: Vec<(usize, i32, Option<String>, i64)>,
     seen: usize,
 }
 
@@ -203,7 +281,7 @@ impl Records {
             None => {
                 let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned());
                 let time = m.timestamp().to_millis().unwrap_or(i64::MIN);
-                self.deletes.push((index, (key, time)));
+                self.deletes.push((index, m.partition(), key, time));
             }
             Some(payload) => {
                 let start = self.buf.len();

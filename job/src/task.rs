@@ -538,9 +538,15 @@ impl SourceTask {
         }
         let budget = self.state.memory_budget / stateful.len().max(1);
         for (fi, op, name) in &stateful {
+            // Operators after a temporal join that held rows back had been
+            // given less than the task's watermark.
+            let fired_through = restored
+                .as_ref()
+                .and_then(|m| m.operator_watermarks.get(name).copied())
+                .unwrap_or(fired_from);
             let attachment = StateAttachment {
                 store: store.operator(name)?,
-                fired_through: fired_from,
+                fired_through,
                 memory_budget: budget,
             };
             self.flows[*fi].chain.attach_state(*op, attachment)?;
@@ -751,6 +757,7 @@ impl SourceTask {
             Some(tables_store)
         };
         let mut tables = Vec::new();
+        let mut table_watermarks = Vec::new();
         for t in self.settings.lookup_tables.clone() {
             let mut feed = TableFeed::open(&t, Duration::from_secs(30))?;
             let flows = &mut self.flows;
@@ -763,7 +770,12 @@ impl SourceTask {
             self.counters
                 .dead_lettered
                 .fetch_add(std::mem::take(&mut feed.bad), Ordering::Relaxed);
+            let wm = feed.watermark(Instant::now());
+            for f in &mut self.flows {
+                f.chain.set_table_watermark(&t.name, wm);
+            }
             tables.push(feed);
+            table_watermarks.push(wm);
         }
         let mut last_checkpoint = Instant::now();
         let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
@@ -776,10 +788,24 @@ impl SourceTask {
                 info!("source {}: stopping", table.name);
                 break;
             }
-            for feed in &mut tables {
+            // New table rows, and how far each table is complete: rows a
+            // temporal join held for it may be due.
+            let mut table_advanced = false;
+            for (feed, last) in tables.iter_mut().zip(&mut table_watermarks) {
                 if let Some(changes) = feed.poll()? {
                     self.apply_table(feed, &changes)?;
                 }
+                let wm = feed.watermark(Instant::now());
+                if wm != *last {
+                    for f in &mut self.flows {
+                        f.chain.set_table_watermark(&feed.table.name, wm);
+                    }
+                    table_advanced |= wm > *last;
+                    *last = wm;
+                }
+            }
+            if table_advanced {
+                self.advance_watermark(progress.fired_through)?;
             }
             buf.clear();
             spans.clear();
@@ -927,6 +953,7 @@ impl SourceTask {
                 .map(|(p, t)| (p as i32, t))
                 .collect(),
             fired_through: progress.fired_through,
+            operator_watermarks: self.operator_watermarks(progress.fired_through),
             held: progress.held.clone(),
             sink_positions: progress.sink_positions.clone(),
             taken_at_ms: chrono::Utc::now().timestamp_millis(),
@@ -1056,6 +1083,21 @@ impl SourceTask {
             .dead_lettered
             .fetch_add(std::mem::take(&mut feed.bad), Ordering::Relaxed);
         Ok(())
+    }
+
+    /// The stateful operators given less than the task's watermark, by column
+    /// family (see `CheckpointMeta::operator_watermarks`).
+    fn operator_watermarks(&self, fired_through: i64) -> std::collections::BTreeMap<String, i64> {
+        let mut out = std::collections::BTreeMap::new();
+        for f in &self.flows {
+            for op in f.chain.stateful() {
+                let wm = f.chain.watermark(op);
+                if wm < fired_through {
+                    out.insert(format!("flow{}.op{op}", f.flow.index), wm);
+                }
+            }
+        }
+        out
     }
 
     fn advance_watermark(&mut self, wm: i64) -> anyhow::Result<()> {

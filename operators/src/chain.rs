@@ -4,11 +4,14 @@ use crate::operator::{Batch, Context, Operator, StateAttachment};
 
 pub struct Chain {
     ops: Vec<Box<dyn Operator>>,
+    /// The watermark each operator has been given.
+    watermarks: Vec<i64>,
 }
 
 impl Chain {
     pub fn new(ops: Vec<Box<dyn Operator>>) -> Self {
-        Self { ops }
+        let watermarks = vec![i64::MIN; ops.len()];
+        Self { ops, watermarks }
     }
 
     pub fn operators(&self) -> impl Iterator<Item = &dyn Operator> {
@@ -21,13 +24,15 @@ impl Chain {
     }
 
     /// Advances every operator's watermark, in order, so what one emits is
-    /// processed by the next before that one sees the watermark.
+    /// processed by the next before that one sees the watermark. An operator
+    /// that holds rows back passes on a lower watermark than it was given.
     pub fn advance_watermark(
         &mut self,
         watermark: i64,
         ctx: &mut Context,
     ) -> anyhow::Result<Vec<Batch>> {
         let mut pending: Vec<Batch> = Vec::new();
+        let mut watermark = watermark;
         for i in 0..self.ops.len() {
             let mut next = Vec::new();
             for b in pending {
@@ -35,10 +40,24 @@ impl Chain {
                     self.ops[i].process(b, ctx, &mut next)?;
                 }
             }
+            self.watermarks[i] = self.watermarks[i].max(watermark);
             self.ops[i].advance_watermark(watermark, ctx, &mut next)?;
+            watermark = self.ops[i].output_watermark(watermark);
             pending = next;
         }
         Ok(pending)
+    }
+
+    /// The watermark operator `op` has been given (and fired through).
+    pub fn watermark(&self, op: usize) -> i64 {
+        self.watermarks[op]
+    }
+
+    /// Tells the lookup joins of `table` how far its versions are complete.
+    pub fn set_table_watermark(&mut self, table: &str, watermark: i64) {
+        for op in &mut self.ops {
+            op.set_table_watermark(table, watermark);
+        }
     }
 
     fn run_from(
@@ -68,6 +87,7 @@ impl Chain {
     }
 
     pub fn attach_state(&mut self, op: usize, state: StateAttachment) -> anyhow::Result<()> {
+        self.watermarks[op] = state.fired_through;
         self.ops[op].attach_state(state)
     }
 

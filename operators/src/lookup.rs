@@ -13,12 +13,36 @@
 //! its versions; without a store (operator tests) in a hash map. Every version
 //! read is kept for AS OF lookups (a stream row behind the watermark may still
 //! need an old one); a latest-value join keeps one row per key.
+//!
+//! ## Waiting for the table (FOR SYSTEM_TIME AS OF)
+//!
+//! A row at event time `t` is joined only once the table's watermark has
+//! reached `t`: until then a version at or before `t` may still be on its way
+//! (Flink's event-time temporal join does the same). The task computes the
+//! table's watermark from its topic ([`crate::Operator::set_table_watermark`]):
+//! per partition the greatest version time read minus the table's watermark
+//! delay, or no limit once the partition has been read to its end and stayed
+//! there for the table's `scan.watermark.idle-timeout` (default 0: a table
+//! that is caught up never holds the stream back, which is what reference
+//! data wants).
+//!
+//! ```text
+//! row (t > table watermark, t > its arrival watermark) --> held (checkpointed)
+//! watermark W, table watermark T --> held rows with t <= T joined, emitted
+//!     under the watermark downstream had already seen;
+//!     downstream watermark = min(W, earliest held t - 1)
+//! ```
+//!
+//! Rows behind the stream's own watermark are late anyway and are joined at
+//! once; holding them could not keep the downstream watermark monotonic.
 
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use datafusion::arrow::array::{
-    Array, ArrayRef, BooleanArray, RecordBatch, StringArray, UInt32Array,
+    Array, ArrayRef, BooleanArray, FixedSizeBinaryArray, Int64Array, RecordBatch, StringArray,
+    UInt32Array,
 };
 use datafusion::arrow::compute::{cast, take};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
@@ -28,7 +52,9 @@ use hashbrown::HashMap;
 use weir_sql::LookupKind;
 use weir_state::OperatorState;
 
-use crate::operator::{Batch, Context, Operator, event_times};
+use crate::ids::{ROW_ID_LEN, RowId};
+use crate::operator::{Batch, Context, Operator, StateAttachment, event_times};
+use crate::watermark::END_OF_TIME;
 
 /// What a table's topic said since it was last read, in topic order.
 pub struct TableChanges {
@@ -110,6 +136,189 @@ pub struct LookupJoinOp {
     versions: Versions,
     seq: u64,
     schema: SchemaRef,
+    /// Stream rows waiting for the table (AS OF joins only).
+    held: Held,
+}
+
+/// A held row's place: event time, then identity (unique per row).
+type HeldKey = (i64, RowId);
+
+/// Stream rows waiting for the table's watermark to reach their event time.
+struct Held {
+    /// The stream's columns, for rows kept as bytes.
+    schema: SchemaRef,
+    converter: RowConverter,
+    rows: BTreeMap<HeldKey, Box<[u8]>>,
+    /// The table's watermark: rows at or before it are joined.
+    table_watermark: i64,
+    /// The highest stream watermark seen.
+    input_watermark: i64,
+    /// The watermark downstream operators have been given (monotonic).
+    output_watermark: i64,
+    store: Option<OperatorState>,
+    /// Held since the last flush, and released since then having been stored.
+    added: HashSet<HeldKey>,
+    released: Vec<HeldKey>,
+}
+
+/// Store keys: `H` + event time (order-preserving) + identity -> row bytes;
+/// `W` -> the output watermark.
+const TAG_HELD: u8 = b'H';
+const KEY_OUTPUT_WATERMARK: &[u8] = b"W";
+
+fn held_store_key(k: &HeldKey) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + 8 + ROW_ID_LEN);
+    out.push(TAG_HELD);
+    out.extend_from_slice(&((k.0 as u64) ^ (1 << 63)).to_be_bytes());
+    out.extend_from_slice(&k.1);
+    out
+}
+
+fn held_from_store_key(k: &[u8]) -> anyhow::Result<HeldKey> {
+    anyhow::ensure!(
+        k.len() == 1 + 8 + ROW_ID_LEN && k[0] == TAG_HELD,
+        "a held row's key in the store is malformed"
+    );
+    let t = u64::from_be_bytes(k[1..9].try_into().expect("8 bytes")) ^ (1 << 63);
+    Ok((t as i64, k[9..].try_into().expect("ROW_ID_LEN bytes")))
+}
+
+impl Held {
+    fn new(schema: SchemaRef) -> anyhow::Result<Self> {
+        let converter = RowConverter::new(
+            schema
+                .fields()
+                .iter()
+                .map(|f| SortField::new(f.data_type().clone()))
+                .collect(),
+        )?;
+        Ok(Self {
+            schema,
+            converter,
+            rows: BTreeMap::new(),
+            table_watermark: END_OF_TIME,
+            input_watermark: i64::MIN,
+            output_watermark: i64::MIN,
+            store: None,
+            added: HashSet::new(),
+            released: Vec::new(),
+        })
+    }
+
+    /// The watermark downstream may see now, given a stream watermark `w`.
+    fn cap(&self, w: i64) -> i64 {
+        let earliest = self.rows.keys().next().map_or(END_OF_TIME, |k| k.0 - 1);
+        self.output_watermark.max(w.min(earliest))
+    }
+
+    /// Sets aside the rows of `batch` that must wait; returns the others, with
+    /// the arrival watermark each may pass downstream.
+    fn hold(&mut self, batch: Batch, times: &[Option<i64>]) -> anyhow::Result<Batch> {
+        let arrival = batch.arrival_watermark.clone();
+        let table_watermark = self.table_watermark;
+        let waits =
+            |r: usize| times[r].is_some_and(|t| t > table_watermark && t > arrival.value(r));
+        if self.rows.is_empty() && !(0..batch.num_rows()).any(waits) {
+            if let Some(w) = arrival.iter().flatten().max() {
+                self.input_watermark = self.input_watermark.max(w);
+                self.output_watermark = self.output_watermark.max(w);
+            }
+            return Ok(batch);
+        }
+        let encoded = self.converter.convert_columns(batch.data.columns())?;
+        let mut keep = Vec::with_capacity(batch.num_rows());
+        let mut watermarks = Vec::with_capacity(batch.num_rows());
+        for (r, time) in times.iter().enumerate() {
+            let a = arrival.value(r);
+            self.input_watermark = self.input_watermark.max(a);
+            if waits(r) {
+                let key = (time.expect("checked"), batch.ids.value(r).try_into()?);
+                self.rows.insert(key, encoded.row(r).data().into());
+                self.added.insert(key);
+            } else {
+                keep.push(r as u32);
+                watermarks.push(self.cap(a));
+            }
+            self.output_watermark = self.cap(a);
+        }
+        let kept = batch.take(&UInt32Array::from(keep))?;
+        Ok(Batch::new(
+            kept.data,
+            Arc::new(Int64Array::from(watermarks)),
+            kept.ids,
+        ))
+    }
+
+    /// Takes out the rows the table has caught up with (every row at the end of
+    /// time), under the watermark downstream has seen so far.
+    fn release(&mut self, watermark: i64) -> anyhow::Result<Option<Batch>> {
+        self.input_watermark = self.input_watermark.max(watermark);
+        let through = if watermark == END_OF_TIME {
+            END_OF_TIME
+        } else {
+            self.table_watermark
+        };
+        let rest = match through.checked_add(1) {
+            Some(next) => self.rows.split_off(&(next, [0u8; ROW_ID_LEN])),
+            None => BTreeMap::new(),
+        };
+        let due = std::mem::replace(&mut self.rows, rest);
+        let under = self.output_watermark;
+        self.output_watermark = self.cap(self.input_watermark);
+        if due.is_empty() {
+            return Ok(None);
+        }
+        let parser = self.converter.parser();
+        let columns = self
+            .converter
+            .convert_rows(due.values().map(|r| parser.parse(r)))?;
+        let ids = FixedSizeBinaryArray::try_from_iter(due.keys().map(|k| k.1))?;
+        for k in due.keys() {
+            if !self.added.remove(k) {
+                self.released.push(*k);
+            }
+        }
+        let data = RecordBatch::try_new(self.schema.clone(), columns)?;
+        Ok(Some(Batch::uniform(data, under, Arc::new(ids))))
+    }
+
+    fn attach(&mut self, store: OperatorState) -> anyhow::Result<()> {
+        if let Some(w) = store.get(KEY_OUTPUT_WATERMARK)? {
+            self.output_watermark = i64::from_le_bytes(
+                w.as_slice()
+                    .try_into()
+                    .map_err(|_| anyhow::anyhow!("the stored join watermark is malformed"))?,
+            );
+        }
+        for entry in store.scan(&[TAG_HELD])? {
+            let (k, v) = entry?;
+            self.rows.insert(held_from_store_key(&k)?, v);
+        }
+        self.store = Some(store);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> anyhow::Result<()> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let mut batch = store.batch();
+        for k in self.released.drain(..) {
+            store.delete(&mut batch, &held_store_key(&k))?;
+        }
+        for k in self.added.drain() {
+            if let Some(row) = self.rows.get(&k) {
+                store.put(&mut batch, &held_store_key(&k), row)?;
+            }
+        }
+        store.put(
+            &mut batch,
+            KEY_OUTPUT_WATERMARK,
+            &self.output_watermark.to_le_bytes(),
+        )?;
+        store.write(batch)?;
+        Ok(())
+    }
 }
 
 impl LookupJoinOp {
@@ -133,6 +342,10 @@ impl LookupJoinOp {
                 .collect(),
         )?;
         let keys = RowConverter::new(vec![SortField::new(key_type.clone())])?;
+        let stream_fields = schema.fields().len() - table_schema.fields().len();
+        let held = Held::new(Arc::new(datafusion::arrow::datatypes::Schema::new(
+            schema.fields()[..stream_fields].to_vec(),
+        )))?;
         Ok(Self {
             table,
             key,
@@ -147,6 +360,7 @@ impl LookupJoinOp {
             versions: Versions::Memory(HashMap::new()),
             seq: 0,
             schema,
+            held,
         })
     }
 
@@ -216,55 +430,8 @@ impl LookupJoinOp {
         }
     }
 
-    /// The encoded table row for each stream row (`None`: no match).
-    fn lookup(
-        &self,
-        keys: &ArrayRef,
-        times: Option<&[i64]>,
-    ) -> anyhow::Result<Vec<Option<Box<[u8]>>>> {
-        let encoded = self.keys.convert_columns(std::slice::from_ref(keys))?;
-        let mut distinct: Vec<&[u8]> = (0..keys.len())
-            .filter(|&r| !keys.is_null(r))
-            .map(|r| encoded.row(r).data())
-            .collect();
-        distinct.sort_unstable();
-        distinct.dedup();
-        let found: HashMap<&[u8], Vec<Version>> = distinct
-            .iter()
-            .copied()
-            .zip(self.get_many(&distinct)?)
-            .filter_map(|(k, v)| v.map(|v| (k, v)))
-            .collect();
-        Ok((0..keys.len())
-            .map(|r| {
-                if keys.is_null(r) {
-                    return None;
-                }
-                let versions = found.get(encoded.row(r).data())?;
-                let v = match times {
-                    None => versions.last()?,
-                    Some(t) => {
-                        let n = versions.partition_point(|v| v.time <= t[r]);
-                        versions.get(n.checked_sub(1)?)?
-                    }
-                };
-                v.row.clone()
-            })
-            .collect())
-    }
-}
-
-impl Operator for LookupJoinOp {
-    fn name(&self) -> &'static str {
-        "lookup join"
-    }
-
-    fn process(
-        &mut self,
-        batch: Batch,
-        _ctx: &mut Context,
-        out: &mut Vec<Batch>,
-    ) -> anyhow::Result<()> {
+    /// Joins `batch` to the table as it is now.
+    fn join(&self, batch: Batch, out: &mut Vec<Batch>) -> anyhow::Result<()> {
         let n = batch.num_rows();
         if n == 0 {
             return Ok(());
@@ -318,6 +485,113 @@ impl Operator for LookupJoinOp {
         let data = RecordBatch::try_new(self.schema.clone(), columns)?;
         out.push(batch.with_data(data));
         Ok(())
+    }
+
+    /// The encoded table row for each stream row (`None`: no match).
+    fn lookup(
+        &self,
+        keys: &ArrayRef,
+        times: Option<&[i64]>,
+    ) -> anyhow::Result<Vec<Option<Box<[u8]>>>> {
+        let encoded = self.keys.convert_columns(std::slice::from_ref(keys))?;
+        let mut distinct: Vec<&[u8]> = (0..keys.len())
+            .filter(|&r| !keys.is_null(r))
+            .map(|r| encoded.row(r).data())
+            .collect();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let found: HashMap<&[u8], Vec<Version>> = distinct
+            .iter()
+            .copied()
+            .zip(self.get_many(&distinct)?)
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .collect();
+        Ok((0..keys.len())
+            .map(|r| {
+                if keys.is_null(r) {
+                    return None;
+                }
+                let versions = found.get(encoded.row(r).data())?;
+                let v = match times {
+                    None => versions.last()?,
+                    Some(t) => {
+                        let n = versions.partition_point(|v| v.time <= t[r]);
+                        versions.get(n.checked_sub(1)?)?
+                    }
+                };
+                v.row.clone()
+            })
+            .collect())
+    }
+}
+
+impl Operator for LookupJoinOp {
+    fn name(&self) -> &'static str {
+        "lookup join"
+    }
+
+    fn process(
+        &mut self,
+        batch: Batch,
+        _ctx: &mut Context,
+        out: &mut Vec<Batch>,
+    ) -> anyhow::Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let batch = match self.as_of {
+            Some(i) => {
+                let times: Vec<Option<i64>> = event_times(&batch.data, i)?.iter().collect();
+                self.held.hold(batch, &times)?
+            }
+            None => batch,
+        };
+        self.join(batch, out)
+    }
+
+    fn advance_watermark(
+        &mut self,
+        watermark: i64,
+        _ctx: &mut Context,
+        out: &mut Vec<Batch>,
+    ) -> anyhow::Result<()> {
+        if self.as_of.is_some()
+            && let Some(due) = self.held.release(watermark)?
+        {
+            self.join(due, out)?;
+        }
+        Ok(())
+    }
+
+    fn output_watermark(&self, input: i64) -> i64 {
+        if self.as_of.is_some() {
+            self.held.output_watermark.min(input)
+        } else {
+            input
+        }
+    }
+
+    fn set_table_watermark(&mut self, table: &str, watermark: i64) {
+        if table == self.table {
+            self.held.table_watermark = watermark;
+        }
+    }
+
+    fn is_stateful(&self) -> bool {
+        self.as_of.is_some()
+    }
+
+    fn attach_state(&mut self, state: StateAttachment) -> anyhow::Result<()> {
+        self.held.input_watermark = self.held.input_watermark.max(state.fired_through);
+        self.held.attach(state.store)
+    }
+
+    fn flush_state(&mut self) -> anyhow::Result<()> {
+        self.held.flush()
+    }
+
+    fn state_rows(&self) -> usize {
+        self.held.rows.len()
     }
 
     fn apply_table(&mut self, table: &str, changes: &TableChanges) -> anyhow::Result<()> {

@@ -151,6 +151,16 @@ pub trait Operator: Send {
         Ok(())
     }
 
+    /// The watermark the operators after this one may see, once this one has
+    /// seen `input`: the same, unless it holds rows back (a temporal join
+    /// waiting for its table).
+    fn output_watermark(&self, input: i64) -> i64 {
+        input
+    }
+
+    /// A joined table's watermark has moved (lookup joins of that table).
+    fn set_table_watermark(&mut self, _table: &str, _watermark: i64) {}
+
     /// Whether the operator keeps state across batches.
     fn is_stateful(&self) -> bool {
         false

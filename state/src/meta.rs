@@ -22,6 +22,11 @@ pub struct CheckpointMeta {
     pub max_event_times: BTreeMap<i32, i64>,
     /// The watermark up to which windows have fired.
     pub fired_through: i64,
+    /// Per stateful operator (by column family), the watermark it had been
+    /// given, where that is less than `fired_through`: operators after a
+    /// temporal join that holds rows back see a lower watermark.
+    #[serde(default)]
+    pub operator_watermarks: BTreeMap<String, i64>,
     /// Offsets open windows still need, for the consumer group's commits.
     pub held: HeldOffsets,
     /// Per output topic and partition, the offset one past the last output
