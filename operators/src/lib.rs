@@ -23,6 +23,7 @@ pub mod operator;
 pub mod over;
 pub mod predict;
 pub mod stateless;
+pub mod trees;
 pub mod watermark;
 pub mod window;
 

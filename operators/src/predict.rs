@@ -88,7 +88,9 @@ fn load_plan(path: &Path) -> anyhow::Result<(Plan, ModelInfo)> {
     if !path.exists() {
         bail!("no such file");
     }
-    let mut model = tract_onnx::onnx()
+    let mut onnx = tract_onnx::onnx();
+    crate::trees::register(&mut onnx.op_register);
+    let mut model = onnx
         .model_for_path(path)
         .with_context(|| format!("reading ONNX model {}", path.display()))?;
     if model.inputs.len() != 1 {

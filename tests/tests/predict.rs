@@ -105,3 +105,70 @@ fn a_missing_model_is_an_error() {
     let err = Model::load("x", &workspace_root().join("tests/models/nope.onnx")).unwrap_err();
     assert!(format!("{err:#}").contains("no such file"), "{err:#}");
 }
+
+/// The scoring benchmark's models (bench/scoring: logistic regression, MLP,
+/// random forest and gradient-boosted trees, trained by train_models.py and
+/// exported by skl2onnx; the trees run in weir's own evaluator, not tract's)
+/// on 4,096 fixed rows (edge values, rows on tree thresholds, generated
+/// transactions), against onnxruntime's scores written by rows.py. Scored as
+/// one batch, and in batches of 1 and 64 for the first rows.
+fn check_bench_model(name: &str) {
+    let dir = workspace_root().join("bench/scoring/models");
+    let floats = |file: &str| -> Vec<f32> {
+        std::fs::read(dir.join(file))
+            .unwrap_or_else(|e| panic!("{file}: {e}"))
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect()
+    };
+    let rows = floats("rows.f32");
+    let stem = name.split('.').next().unwrap();
+    let expected = floats(&format!("{stem}.expected.f32"));
+    let model = Model::load(name, &dir.join(format!("{name}.onnx"))).expect("model loads");
+    let width = model.info().inputs;
+    assert_eq!(width, 10);
+    let n = rows.len() / width;
+    assert_eq!(n, expected.len());
+    let compare = |scores: &[f64], from: usize, what: &str| {
+        let mut worst: f64 = 0.0;
+        for (i, s) in scores.iter().enumerate() {
+            let e = expected[from + i] as f64;
+            let diff = (s - e).abs();
+            worst = worst.max(diff);
+            assert!(
+                diff <= 1e-5,
+                "{name} {what} row {}: weir {s} vs onnxruntime {e}",
+                from + i
+            );
+        }
+        worst
+    };
+    let worst = compare(&model.score(rows.clone(), n).unwrap(), 0, "batch of all");
+    for batch in [1usize, 64] {
+        for from in (0..256).step_by(batch) {
+            let x = rows[from * width..(from + batch) * width].to_vec();
+            compare(&model.score(x, batch).unwrap(), from, "small batch");
+        }
+    }
+    eprintln!("{name}: {n} rows, max |weir - onnxruntime| = {worst:e}");
+}
+
+#[test]
+fn logistic_regression_matches_onnxruntime() {
+    check_bench_model("lr");
+}
+
+#[test]
+fn mlp_matches_onnxruntime() {
+    check_bench_model("mlp");
+}
+
+#[test]
+fn random_forest_matches_onnxruntime() {
+    check_bench_model("rf");
+}
+
+#[test]
+fn gradient_boosted_trees_match_onnxruntime() {
+    check_bench_model("gbt");
+}
