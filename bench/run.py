@@ -122,13 +122,15 @@ def summary(a):
     recs = [json.loads(l) for l in open(a.log_file) if l.strip()]
     groups = {}
     for r in recs:
-        key = (r["kind"], (r.get("mode") or r.get("state_backend")) +
+        key = (r["kind"], (r.get("mode") or r.get("state_backend") or "") +
                (" " + " ".join(r["consumer_config"]) if r.get("consumer_config") else ""), r.get("events"))
         groups.setdefault(key, []).append(r)
     for (kind, variant, events), rs in sorted(groups.items(), key=lambda kv: str(kv[0])):
         print("## %s %s, %s events, %d runs" % (kind, variant, "{:,}".format(events), len(rs)))
         fields = (["events_per_s", "wall_s", "cpu_s", "cpu_s_per_million_events", "peak_rss_mib", "predictions",
                    "broker_cpu_s", "loadavg_before"] if kind == "python" else
+                  ["events_per_s", "wall_s", "cpu_s", "cpu_s_per_million_events", "peak_rss_mib", "records_out",
+                   "late", "broker_cpu_s", "loadavg_before"] if kind.startswith("weir") or kind == "bare" else
                   ["events_per_s", "events_per_s_processing", "job_wall_s", "processing_wall_s", "setup_wall_s",
                    "final_checkpoint_wait_s", "job_cpu_s", "cpu_s_per_million_events", "jvm_start_s",
                    "total_wall_s", "total_cpu_s", "java_peak_rss_mib", "windows", "loadavg_before"])

@@ -9,13 +9,15 @@
 //! in tract and only the trees run here.
 //!
 //! Layout: every tree's nodes in one array of 16-byte nodes (feature, threshold,
-//! [false child, true child]); a leaf has feature `LEAF` and points into a
-//! table of (output column, weight). Rows are scored in blocks, tree by tree,
-//! so a tree's nodes stay in cache across the block. When every branch is
-//! `BRANCH_LEQ` and no node sends missing values to its true branch (all that
-//! skl2onnx writes), the walk is `children[(x <= threshold) as usize]`, which
-//! sends NaN to the false branch as onnxruntime does; other modes take a
-//! general path.
+//! [false child, true child]); a leaf points to itself both ways, and its
+//! weights are a range of a table of (output column, weight). Rows are scored
+//! in blocks, tree by tree, so a tree's nodes stay in cache across the block.
+//! When every branch is `BRANCH_LEQ` and no node sends missing values to its
+//! true branch (all that skl2onnx writes), eight rows walk a tree together for
+//! exactly the tree's depth, each step `children[(x <= threshold) as usize]`:
+//! no branch to mispredict, eight independent load chains in flight, and a row
+//! that reached a leaf early stays there. NaN goes to the false branch, as in
+//! onnxruntime. Other modes take a general, row-at-a-time path.
 //!
 //! Results follow onnxruntime's (`tree_ensemble_aggregator.h`): scores are
 //! summed in f32 in tree order, base values added, then the post transform;
@@ -30,12 +32,13 @@ use tract_onnx::model::{OnnxOpRegister, ParsingContext};
 use tract_onnx::pb::{NodeProto, TensorProto};
 use tract_onnx::tract_hir::internal::*;
 
-const LEAF: u32 = u32::MAX;
 /// Rows scored together, tree by tree.
 const BLOCK: usize = 128;
+/// Rows walking one tree in lockstep.
+const LANES: usize = 8;
 
-/// One node: a branch `x[feature] <mode> threshold`, or a leaf whose weights
-/// are `weights[children[0]..children[0] + children[1]]`.
+/// One node: a branch `x[feature] <mode> threshold`, or a leaf (both children
+/// itself; its weights are `leaves[node]`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[repr(C)]
 struct Node {
@@ -95,6 +98,10 @@ pub struct Forest {
     /// (only read on the general path).
     modes: Vec<(Mode, bool)>,
     roots: Vec<u32>,
+    /// Per tree (as `roots`), the longest path from root to leaf, in steps.
+    depths: Vec<u32>,
+    /// Per node, a leaf's range of `weights` (start, count).
+    leaves: Vec<[u32; 2]>,
     weights: Vec<(u32, f32)>,
     /// Every branch is `BRANCH_LEQ` without missing-value tracking.
     all_leq: bool,
@@ -209,6 +216,7 @@ impl Forest {
         }
 
         let mut nodes = Vec::with_capacity(n);
+        let mut leaf_ranges = vec![[0u32; 2]; n];
         let mut node_modes = Vec::with_capacity(n);
         let mut weights = Vec::with_capacity(m);
         let mut features = 0usize;
@@ -221,10 +229,11 @@ impl Forest {
             if mode == Mode::Leaf {
                 let w = per_leaf.remove(&(i as u32)).unwrap_or_default();
                 nodes.push(Node {
-                    feature: LEAF,
+                    feature: 0,
                     threshold: 0.0,
-                    children: [weights.len() as u32, w.len() as u32],
+                    children: [i as u32; 2],
                 });
+                leaf_ranges[i] = [weights.len() as u32, w.len() as u32];
                 weights.extend(w);
                 continue;
             }
@@ -272,9 +281,12 @@ impl Forest {
         // Every node reached exactly once from its tree's root: no cycles, no
         // shared subtrees, nothing unreachable (the walk always ends).
         let mut reached = vec![false; n];
+        let mut depths = Vec::with_capacity(roots.len());
         for &root in &roots {
-            let mut stack = vec![root];
-            while let Some(i) = stack.pop() {
+            let mut depth = 0;
+            let mut stack = vec![(root, 0u32)];
+            while let Some((i, d)) = stack.pop() {
+                depth = depth.max(d);
                 if std::mem::replace(&mut reached[i as usize], true) {
                     bail!(
                         "tree {}: node {} is reached twice",
@@ -282,11 +294,12 @@ impl Forest {
                         nodeids[i as usize]
                     );
                 }
-                let node = nodes[i as usize];
-                if node.feature != LEAF {
-                    stack.extend(node.children);
+                if node_modes[i as usize].0 != Mode::Leaf {
+                    let [e, t] = nodes[i as usize].children;
+                    stack.extend([(e, d + 1), (t, d + 1)]);
                 }
             }
+            depths.push(depth);
         }
         if let Some(i) = reached.iter().position(|r| !r) {
             bail!(
@@ -362,6 +375,8 @@ impl Forest {
             nodes,
             modes: node_modes,
             roots,
+            depths,
+            leaves: leaf_ranges,
             weights,
             all_leq,
             features,
@@ -375,38 +390,64 @@ impl Forest {
         })
     }
 
-    /// The leaf `row` reaches in the tree at `root`.
+    /// The leaves eight rows reach in tree `t` (every branch `BRANCH_LEQ`).
+    /// `rows[l]` is the offset of lane `l`'s row in `x`.
     #[inline(always)]
-    fn leaf_leq(&self, root: u32, row: &[f32]) -> &Node {
-        let mut node = &self.nodes[root as usize];
-        while node.feature != LEAF {
-            let go = (row[node.feature as usize] <= node.threshold) as usize;
-            node = &self.nodes[node.children[go] as usize];
+    fn leaves_leq(&self, t: usize, x: &[f32], rows: [usize; LANES]) -> [u32; LANES] {
+        let mut at = [self.roots[t]; LANES];
+        for _ in 0..self.depths[t] {
+            for l in 0..LANES {
+                // SAFETY: every child index was resolved to a node of this
+                // forest when it was parsed, and roots are nodes; `score`
+                // checked that rows are at least `features` wide and that `x`
+                // holds them, and every branch's feature is below `features`
+                // (a leaf reads feature 0).
+                unsafe {
+                    let node = self.nodes.get_unchecked(at[l] as usize);
+                    let v = *x.get_unchecked(rows[l] + node.feature as usize);
+                    at[l] = *node.children.get_unchecked((v <= node.threshold) as usize);
+                }
+            }
         }
-        node
+        at
     }
 
-    fn leaf_general(&self, root: u32, row: &[f32]) -> &Node {
-        let mut i = root as usize;
+    /// The leaf `row` reaches in tree `t`, for any branch modes.
+    fn leaf_general(&self, t: usize, row: &[f32]) -> u32 {
+        let mut i = self.roots[t] as usize;
         loop {
-            let node = &self.nodes[i];
-            if node.feature == LEAF {
-                return node;
-            }
-            let x = row[node.feature as usize];
-            let t = node.threshold;
             let (mode, tracks) = self.modes[i];
+            if mode == Mode::Leaf {
+                return i as u32;
+            }
+            let node = &self.nodes[i];
+            let x = row[node.feature as usize];
+            let v = node.threshold;
             let go = (tracks && x.is_nan())
                 || match mode {
-                    Mode::Leq => x <= t,
-                    Mode::Lt => x < t,
-                    Mode::Gte => x >= t,
-                    Mode::Gt => x > t,
-                    Mode::Eq => x == t,
-                    Mode::Neq => x != t,
+                    Mode::Leq => x <= v,
+                    Mode::Lt => x < v,
+                    Mode::Gte => x >= v,
+                    Mode::Gt => x > v,
+                    Mode::Eq => x == v,
+                    Mode::Neq => x != v,
                     Mode::Leaf => unreachable!("leaves end the walk"),
                 };
             i = node.children[go as usize] as usize;
+        }
+    }
+
+    /// Adds leaf `leaf`'s weights to one row's scores.
+    #[inline(always)]
+    fn add_leaf(&self, leaf: u32, out: &mut [f32]) {
+        let [from, count] = self.leaves[leaf as usize];
+        for &(c, w) in &self.weights[from as usize..(from + count) as usize] {
+            let s = &mut out[c as usize];
+            match self.aggregate {
+                Aggregate::Sum | Aggregate::Average => *s += w,
+                Aggregate::Min => *s = s.min(w),
+                Aggregate::Max => *s = s.max(w),
+            }
         }
     }
 
@@ -422,23 +463,22 @@ impl Forest {
         let mut scores = vec![init; rows * k];
         for start in (0..rows).step_by(BLOCK) {
             let end = (start + BLOCK).min(rows);
-            for &root in &self.roots {
-                for r in start..end {
-                    let row = &x[r * width..(r + 1) * width];
-                    let leaf = if self.all_leq {
-                        self.leaf_leq(root, row)
-                    } else {
-                        self.leaf_general(root, row)
-                    };
-                    let [from, count] = leaf.children;
-                    let out = &mut scores[r * k..(r + 1) * k];
-                    for &(c, w) in &self.weights[from as usize..(from + count) as usize] {
-                        let s = &mut out[c as usize];
-                        match self.aggregate {
-                            Aggregate::Sum | Aggregate::Average => *s += w,
-                            Aggregate::Min => *s = s.min(w),
-                            Aggregate::Max => *s = s.max(w),
+            for t in 0..self.roots.len() {
+                if self.all_leq {
+                    for first in (start..end).step_by(LANES) {
+                        // Lanes past the block's end repeat its last row.
+                        let lanes: [usize; LANES] =
+                            std::array::from_fn(|l| (first + l).min(end - 1) * width);
+                        let leaves = self.leaves_leq(t, x, lanes);
+                        for (l, leaf) in leaves.iter().enumerate().take(end - first) {
+                            let r = first + l;
+                            self.add_leaf(*leaf, &mut scores[r * k..(r + 1) * k]);
                         }
+                    }
+                } else {
+                    for r in start..end {
+                        let leaf = self.leaf_general(t, &x[r * width..(r + 1) * width]);
+                        self.add_leaf(leaf, &mut scores[r * k..(r + 1) * k]);
                     }
                 }
             }
@@ -452,11 +492,14 @@ impl Forest {
 
     /// Final scores (`rows * outputs`) and, for a classifier, labels.
     pub fn score(&self, x: &[f32], width: usize, rows: usize) -> TractResult<(Vec<f32>, Vec<i64>)> {
-        if width < self.features {
+        if width < self.features.max(1) {
             bail!(
                 "the trees read feature {} of rows with {width}",
-                self.features - 1
+                self.features.max(1) - 1
             );
+        }
+        if x.len() < rows * width {
+            bail!("{} values for {rows} rows of {width}", x.len());
         }
         let mut scores = self.raw_scores(x, width, rows);
         let k = self.outputs;

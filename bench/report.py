@@ -1,0 +1,452 @@
+#!/usr/bin/env python3
+"""Turns a `make bench` results directory into BENCHMARKS.md-ready markdown.
+
+    python3 bench/report.py bench/results/20261122T090000Z > BENCHMARKS-draft.md
+
+Reads what scripts/bench.sh leaves in the directory; whatever is missing makes
+its section say "not run":
+
+  machine.json     bench/machine.py: CPU, memory, kernel, versions, git HEAD
+  e2e.jsonl        one JSON object per run from bench/weir_bench.py (kind weir,
+                   weir-no-predict, bare) and bench/run.py (kind python with a
+                   mode, flink-full, flink-small)
+  criterion/       criterion's output of `cargo bench --bench operators`:
+                   <id>/new/estimates.json (ns per iteration) and
+                   <id>/new/benchmark.json (throughput {"Elements": rows})
+  ort.jsonl        bench/scoring/ort_bench.py ("summary" lines per model, batch)
+  commands.txt     the commands bench.sh ran, in order
+
+Every figure is the median over the runs with (min-max) beside it; a figure
+from one run has no spread. Criterion's figures are its median estimate with
+its 95 % confidence interval in brackets (criterion's samples are not
+separate runs). Ratios are taken within one results directory, i.e. measured
+in the same session on the same machine.
+"""
+
+import glob
+import json
+import os
+import statistics
+import sys
+
+SCORE_MODELS = ["lr", "mlp", "rf", "gbt", "fraud-per-event"]
+BATCHES = [1, 64, 1024]
+
+
+# ---------------------------------------------------------------- formatting
+
+def num(v):
+    """README style: space as the thousands separator, fewer decimals as values grow."""
+    if v is None:
+        return "-"
+    if isinstance(v, int) or (isinstance(v, float) and v.is_integer() and abs(v) >= 1e3):
+        return "{:,}".format(int(v)).replace(",", " ")
+    a = abs(v)
+    if a >= 100:
+        return "{:,.0f}".format(v).replace(",", " ")
+    if a >= 10:
+        return "%.1f" % v
+    return "%.2f" % v
+
+
+def spread(vals):
+    """'median (min-max)' over the non-missing values; just the value for one run."""
+    vals = [v for v in vals if v is not None]
+    if not vals:
+        return "-"
+    med = statistics.median(vals)
+    if len(vals) == 1 or num(min(vals)) == num(max(vals)):
+        return num(med)
+    return "%s (%s-%s)" % (num(med), num(min(vals)), num(max(vals)))
+
+
+def ratio_text(vals, pct=False):
+    vals = [v for v in vals if v is not None]
+    if not vals:
+        return "-"
+    f = (lambda v: "%.0f %%" % (v * 100)) if pct else (lambda v: "%.2fx" % v if v < 10 else "%.1fx" % v)
+    med = statistics.median(vals)
+    if len(vals) == 1 or f(min(vals)) == f(max(vals)):
+        return "**%s**" % f(med)
+    return "**%s** (%s-%s)" % (f(med), f(min(vals)), f(max(vals)))
+
+
+def duration_ns(ns):
+    for unit, scale in (("s", 1e9), ("ms", 1e6), ("µs", 1e3)):
+        if ns >= scale:
+            return "%s %s" % (num(ns / scale), unit)
+    return "%s ns" % num(ns)
+
+
+def load_jsonl(path):
+    if not os.path.exists(path):
+        return []
+    out = []
+    with open(path) as fh:
+        for line in fh:
+            line = line.strip()
+            if line.startswith("{"):
+                out.append(json.loads(line))
+    return out
+
+
+# ---------------------------------------------------------------- machine
+
+def machine_section(res, e2e):
+    print("## Machine\n")
+    path = os.path.join(res, "machine.json")
+    if not os.path.exists(path):
+        print("not run (no machine.json)\n")
+        return
+    m = json.load(open(path))
+    mem = m.get("mem_total_kib")
+    rows = [
+        ("measured", m.get("time_utc")),
+        ("CPU", "%s cores (`nproc`), `model name: %s`" % (m.get("nproc"), m.get("cpu_model"))),
+        ("memory", "%.1f GiB (MemTotal %s kB), swap %s kB" % (mem / 1048576, num(mem), num(m.get("swap_total_kib")))
+         if mem else None),
+        ("OS, kernel", "%s, %s" % (m.get("os"), m.get("kernel"))),
+        ("weir", "`%s`%s" % (m.get("git_head"), " (with uncommitted changes)" if m.get("git_dirty") else "")
+         if m.get("git_head") else None),
+        ("Rust", m.get("rustc")),
+        ("Python", ", ".join("%s %s" % (k, m[v]) for k, v in (
+            ("Python", "python"), ("onnxruntime", "onnxruntime"), ("numpy", "numpy"),
+            ("confluent-kafka", "confluent_kafka"), ("librdkafka", "librdkafka")) if m.get(v))),
+        ("broker", "%s (in-memory storage)" % m["tansu"] if m.get("tansu") else None),
+        ("Flink", "apache-flink %s, %s" % (m["pyflink"], m.get("java")) if m.get("pyflink") else None),
+        ("load average at start", " / ".join("%.2f" % x for x in m.get("loadavg") or []) + " (1, 5, 15 min)"),
+    ]
+    la = [r["loadavg_before"] for r in e2e if r.get("loadavg_before") is not None]
+    if la:
+        rows.append(("load average before each end-to-end run", "%.2f-%.2f (1 min)" % (min(la), max(la))))
+    print("| | |\n| --- | --- |")
+    for k, v in rows:
+        if v:
+            print("| %s | %s |" % (k, v))
+    print()
+
+
+# ---------------------------------------------------------------- end to end
+
+KIND_ORDER = ["weir", "weir-no-predict", "bare", "python", "flink-full", "flink-small"]
+MODE_ORDER = ["micro-batch", "per-message"]
+
+
+def label(kind, mode, cc):
+    text = {
+        "weir": "weir: HOP features + predict + JSON sink",
+        "weir-no-predict": "weir without predict",
+        "bare": "bare consumer (librdkafka reads the topic, nothing else)",
+        "flink-full": "Flink: HOP aggregation only (file in, files out; no predict, no Kafka), job",
+        "flink-small": "Flink, first events only (the fixed cost of a job)",
+    }.get(kind)
+    if kind == "python":
+        text = "Python baseline, %s" % mode
+        if cc:
+            text += " (%s)" % ", ".join("`%s`" % c for c in cc)
+    return text or kind
+
+
+def metrics(r):
+    """The table's columns for one run, whichever script wrote it."""
+    k = r["kind"]
+    flink = k.startswith("flink")
+    return {
+        "events_per_s": r.get("events_per_s"),
+        "cpu_per_m": r.get("cpu_s_per_million_events"),
+        "rss": r.get("java_peak_rss_mib") if flink else r.get("peak_rss_mib"),
+        "out": r.get("windows") if flink else r.get("predictions") if k == "python" else r.get("records_out"),
+        "broker": r.get("broker_cpu_s"),
+    }
+
+
+def group_e2e(recs):
+    groups = {}
+    for r in recs:
+        key = (r["kind"], r.get("mode") or "", tuple(r.get("consumer_config") or ()), r.get("events"))
+        groups.setdefault(key, []).append(r)
+
+    def order(key):
+        kind, mode, cc, events = key
+        ki = KIND_ORDER.index(kind) if kind in KIND_ORDER else len(KIND_ORDER)
+        mi = MODE_ORDER.index(mode) if mode in MODE_ORDER else len(MODE_ORDER)
+        return (ki, mi, len(cc), -(events or 0))
+    return [(k, groups[k]) for k in sorted(groups, key=order)]
+
+
+def ratios(num_runs, den_runs, paired):
+    """Per-run ratios num/den of CPU per million events. Runs of weir_bench.py
+    with the same index were made back to back, so they are paired; otherwise
+    every run of one side is divided by every run of the other."""
+    a = {r.get("run"): r["cpu_s_per_million_events"] for r in num_runs if r.get("cpu_s_per_million_events")}
+    b = {r.get("run"): r["cpu_s_per_million_events"] for r in den_runs if r.get("cpu_s_per_million_events")}
+    if paired and a.keys() == b.keys():
+        return [a[k] / b[k] for k in a], "paired by run"
+    return [x / y for x in a.values() for y in b.values()], "over all pairs of runs"
+
+
+def flink_marginal(full, small):
+    """Flink's CPU per million events without the fixed cost of a job: (full job
+    CPU - small job CPU) / (full events - small events), runs paired by index
+    (run.py makes the small and the full run back to back)."""
+    s = {r.get("run"): r for r in small}
+    out = []
+    for r in full:
+        q = s.get(r.get("run"))
+        if q and r.get("job_cpu_s") is not None and q.get("job_cpu_s") is not None and r["events"] > q["events"]:
+            out.append(dict(run=r.get("run"), cpu_s_per_million_events=(r["job_cpu_s"] - q["job_cpu_s"]) /
+                            (r["events"] - q["events"]) * 1e6))
+    return out
+
+
+def e2e_section(recs):
+    print("## End to end\n")
+    if not recs:
+        print("not run (no e2e.jsonl)\n")
+        return
+    groups = group_e2e(recs)
+    print("Per run: a fresh tansu broker holding the input topic (4 partitions unless said), then the pipeline "
+          "reads it to its end. CPU-s are the process's own (user + sys, all threads) per million input events; "
+          "the broker's CPU during the run is beside it, not included. Median (min-max) over the runs.\n")
+    print("| | events | runs | events/s | CPU-s per 1M events | peak RSS MiB | records out | broker CPU-s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for (kind, mode, cc, events), rs in groups:
+        ms = [metrics(r) for r in rs]
+        col = lambda f: spread([m[f] for m in ms])  # noqa: E731
+        print("| %s | %s | %d | %s | %s | %s | %s | %s |" % (
+            label(kind, mode, cc), num(events), len(rs), col("events_per_s"), col("cpu_per_m"), col("rss"),
+            col("out"), col("broker")))
+    print()
+
+    by_kind = {}
+    for (kind, mode, cc, events), rs in groups:
+        by_kind.setdefault(kind, []).append(((mode, cc, events), rs))
+    # weir's reference group: the first listed (most events) of each weir variant.
+    ref = {k: by_kind[k][0] for k in ("weir", "weir-no-predict", "bare") if k in by_kind}
+
+    lines = []
+    if "weir" in ref and "bare" in ref:
+        (_, _, ev), w = ref["weir"]
+        (_, _, evb), b = ref["bare"]
+        vals, how = ratios(w, b, paired=ev == evb)
+        lines.append("weir's CPU per event is %s the bare consumer's (%s): the cost of everything beyond "
+                     "reading the topic" % (ratio_text(vals), how))
+    if "weir" in ref and "weir-no-predict" in ref:
+        (_, _, ev), w = ref["weir"]
+        (_, _, evn), n = ref["weir-no-predict"]
+        vals, how = ratios(n, w, paired=ev == evn)
+        lines.append("predict's share of weir's CPU, (weir - weir-no-predict) / weir: %s (%s)"
+                     % (ratio_text([1 - v for v in vals], pct=True), how))
+    if "weir" in ref:
+        (_, _, wev), w = ref["weir"]
+        for (mode, cc, ev), rs in by_kind.get("python", []):
+            vals, how = ratios(rs, w, paired=False)
+            lines.append("%s (%s%s)" % (cheaper(vals, "the " + label("python", mode, cc)), how,
+                                        events_note(wev, ev)))
+        full = by_kind.get("flink-full", [])
+        small = by_kind.get("flink-small", [])
+        for (mode, cc, ev), rs in full:
+            vals, how = ratios(rs, w, paired=False)
+            lines.append("%s (%s%s; Flink does no predict and no Kafka: weir has no filesystem source yet, so "
+                         "Flink's row is Flink alone)" % (cheaper(vals, "Flink's job"), how, events_note(wev, ev)))
+            if small:
+                marg = flink_marginal(rs, small[0][1])
+                if marg:
+                    vals, how = ratios(marg, w, paired=False)
+                    lines.append("%s (job CPU minus a %s-event job's, per extra million events: %s CPU-s; %s)" % (
+                                     cheaper(vals, "Flink's marginal cost"), num(small[0][0][2]),
+                                     spread([m["cpu_s_per_million_events"] for m in marg]), how))
+    if lines:
+        print("Ratios (CPU-s per million events, each side's own process):\n")
+        for line in lines:
+            print("- " + line)
+        print()
+    checks_e2e(groups)
+
+
+def cheaper(vals, what):
+    """'weir is Nx cheaper in CPU per event than WHAT' from peer/weir ratios,
+    or the inverse wording when weir is the dearer one."""
+    vals = [v for v in vals if v]
+    if vals and statistics.median(vals) < 1:
+        return "weir uses %s the CPU per event of %s" % (ratio_text([1 / v for v in vals]), what)
+    return "weir is %s cheaper in CPU per event than %s" % (ratio_text(vals), what)
+
+
+def runs(n):
+    return "1 run" if n == 1 else "%d runs" % n
+
+
+def events_note(a, b):
+    if a == b:
+        return ""
+    return "; weir at %s events, this at %s: per-million figures" % (num(a), num(b))
+
+
+def checks_e2e(groups):
+    notes = []
+    outs = {}
+    for (kind, mode, cc, events), rs in groups:
+        if kind in ("weir", "weir-no-predict"):
+            late = sum(r.get("late") or 0 for r in rs)
+            dead = sum(r.get("dead_lettered") or 0 for r in rs)
+            notes.append("%s, %s events: %s late, %s dead-lettered over %s" % (
+                kind, num(events), num(late), num(dead), runs(len(rs))))
+        if kind == "python":
+            bad = sum(r.get("bad") or 0 for r in rs)
+            late = sum(r.get("late_event_windows") or 0 for r in rs)
+            notes.append("%s, %s events: %s bad records, %s late-event windows over %s" % (
+                label(kind, mode, cc), num(events), num(bad), num(late), runs(len(rs))))
+        if kind in ("weir", "weir-no-predict", "python", "flink-full", "flink-small"):
+            for r in rs:
+                o = metrics(r)["out"]
+                if o is not None:
+                    outs.setdefault(events, {}).setdefault(o, set()).add(kind + (" " + mode if mode else ""))
+    for events, vals in sorted(outs.items()):
+        if len(vals) == 1:
+            (o, who), = vals.items()
+            notes.append("records out at %s events: %s, the same in every run of %s" % (
+                num(events), num(o), ", ".join(sorted(who))))
+        else:
+            notes.append("records out at %s events **differ**: %s" % (num(events), "; ".join(
+                "%s: %s" % (num(o), ", ".join(sorted(w))) for o, w in sorted(vals.items()))))
+    if notes:
+        print("Checks:\n")
+        for n in notes:
+            print("- " + n)
+        print()
+
+
+# ---------------------------------------------------------------- criterion
+
+def load_criterion(res):
+    """full_id -> {group, function, value, elements, ns, lo, hi} from criterion/**/new/."""
+    out = {}
+    for bj in glob.glob(os.path.join(res, "criterion", "**", "new", "benchmark.json"), recursive=True):
+        ej = os.path.join(os.path.dirname(bj), "estimates.json")
+        if not os.path.exists(ej):
+            continue
+        b = json.load(open(bj))
+        e = json.load(open(ej))["median"]
+        tp = b.get("throughput") or {}
+        out[b["full_id"]] = dict(group=b.get("group_id"), function=b.get("function_id"), value=b.get("value_str"),
+                                 elements=tp.get("Elements"), ns=e["point_estimate"],
+                                 lo=e["confidence_interval"]["lower_bound"],
+                                 hi=e["confidence_interval"]["upper_bound"])
+    return out
+
+
+def rows_per_s(c):
+    """(median, low, high) rows/s; the slow end of the time CI is the low end of rows/s."""
+    if not c.get("elements"):
+        return None
+    n = c["elements"] * 1e9
+    return n / c["ns"], n / c["hi"], n / c["lo"]
+
+
+def ci_text(t):
+    return "%s [%s-%s]" % (num(t[0]), num(t[1]), num(t[2]))
+
+
+def scoring_section(crit, ort):
+    print("## Scoring: weir's predict against onnxruntime\n")
+    summ = {(r["model"], r["batch"]): r for r in ort if r.get("kind") == "summary"}
+    weir = {(c["function"], int(c["value"])): c for c in crit.values() if c["group"] == "score"}
+    if not summ and not weir:
+        print("not run (no criterion score/ results, no ort.jsonl)\n")
+        return
+    setup = next((r for r in ort if r.get("kind") == "setup"), None)
+    weir_txt = ("weir: criterion's median time per `score_columns` call (operators/benches/operators.rs) as "
+                "rows/s [95 % CI]" if weir else "weir: not run")
+    ort_txt = "onnxruntime: not run"
+    if summ:
+        ort_txt = ("onnxruntime: `ort_bench.py`, `sess.run` from Python, median (min-max) of its %s repeats"
+                   % (setup.get("repeats") if setup else "timed"))
+        if setup and setup.get("loadavg"):
+            ort_txt += " (onnxruntime %s, load average %.2f at its start)" % (setup.get("onnxruntime"),
+                                                                            setup["loadavg"][0])
+        if weir:
+            ort_txt += ", run right after criterion"
+    print("rows/s on the 4096 fixed rows of bench/scoring (models/rows.f32), one thread each. %s. %s.\n"
+          % (weir_txt, ort_txt))
+    models = [m for m in SCORE_MODELS if any(k[0] == m for k in list(weir) + list(summ))]
+    models += sorted({k[0] for k in list(weir) + list(summ)} - set(models) - {"identity"})
+    batches = sorted({k[1] for k in list(weir) + list(summ)})
+    print("| model | batch | weir rows/s | onnxruntime rows/s | weir ÷ onnxruntime |")
+    print("| --- | --- | --- | --- | --- |")
+    for m in models:
+        for b in batches:
+            w, o = weir.get((m, b)), summ.get((m, b))
+            if not w and not o:
+                continue
+            wr = rows_per_s(w) if w else None
+            cells = [ci_text(wr) if wr else "-",
+                     "%s (%s-%s)" % (num(o["rows_per_s_median"]), num(o["rows_per_s_min"]), num(o["rows_per_s_max"]))
+                     if o else "-",
+                     "**%.2fx**" % (wr[0] / o["rows_per_s_median"]) if wr and o else "-"]
+            print("| %s | %s | %s |" % (m, num(b), " | ".join(cells)))
+    print()
+    ident = summ.get(("identity", 1))
+    if ident:
+        print("onnxruntime's per-call cost from Python (a one-node Identity graph, batch 1): %s rows/s, %s µs per "
+              "call; weir calls tract from Rust and pays no such binding cost.\n"
+              % (num(ident["rows_per_s_median"]), num(ident["us_per_call_median"])))
+
+
+def operators_section(crit):
+    print("## Operators\n")
+    ops = [c for k, c in sorted(crit.items()) if c["group"] != "score"]
+    if not ops:
+        print("not run (no criterion results outside score/)\n")
+        return
+    print("criterion (operators/benches/operators.rs): median time per iteration [95 % CI] and the rows/s it "
+          "makes. `json`: 8192 transactions per iteration; `window_hop/cards/N`: HOP(1 min, 10 min) with the "
+          "fraud example's five aggregates over N distinct cards, 8192 rows per iteration, windows firing as "
+          "the watermark moves.\n")
+    print("| benchmark | rows per iteration | time per iteration | rows/s |")
+    print("| --- | --- | --- | --- |")
+    for c in ops:
+        rps = rows_per_s(c)
+        print("| %s/%s%s | %s | %s [%s-%s] | %s |" % (
+            c["group"], c["function"], "/" + c["value"] if c.get("value") else "",
+            num(c["elements"]) if c.get("elements") else "-",
+            duration_ns(c["ns"]), duration_ns(c["lo"]), duration_ns(c["hi"]),
+            ci_text(rps) if rps else "-"))
+    print()
+
+
+def commands_section(res):
+    print("## Commands\n")
+    path = os.path.join(res, "commands.txt")
+    if not os.path.exists(path):
+        print("not recorded (no commands.txt)\n")
+        return
+    print("As run by `make bench` (scripts/bench.sh), in order:\n")
+    print("```sh")
+    print(open(path).read().rstrip())
+    print("```\n")
+
+
+def main(argv):
+    if len(argv) != 2 or argv[1] in ("-h", "--help"):
+        sys.stderr.write(__doc__)
+        return 2
+    res = argv[1]
+    if not os.path.isdir(res):
+        sys.stderr.write("not a directory: %s\n" % res)
+        return 2
+    e2e = load_jsonl(os.path.join(res, "e2e.jsonl"))
+    crit = load_criterion(res)
+    ort = load_jsonl(os.path.join(res, "ort.jsonl"))
+    print("# weir benchmarks\n")
+    print("Generated by `bench/report.py %s`.\n" % os.path.normpath(res))
+    machine_section(res, e2e)
+    e2e_section(e2e)
+    scoring_section(crit, ort)
+    operators_section(crit)
+    commands_section(res)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

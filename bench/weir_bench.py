@@ -1,0 +1,126 @@
+#!/usr/bin/env python3
+"""weir end to end on the broker, and the limit beside it (issue 6, item 1).
+
+Per run: a fresh tansu broker, the events produced to a topic of P partitions,
+then one of
+
+  weir             target/release/weir run bench/sql/windows.sql (HOP features
+                   + predict + JSON sink, bounded: stops at the topic's end)
+  weir-no-predict  the same without predict (bench/sql/windows-no-predict.sql)
+  bare             target/release/examples/bare_consumer: librdkafka reading
+                   the topic to its end, nothing else (the limit)
+
+CPU (user + sys) and peak RSS come from the process's own rusage (wait4), so
+CPU-s per million events is per core. The broker's CPU during the run is
+reported beside it, not included.
+
+    cargo build --release --bin weir --example bare_consumer
+    python3 bench/weir_bench.py --events-file /tmp/events-1m.jsonl --partitions 4 \\
+        --variants weir,weir-no-predict,bare --repeat 3 --log bench-results.jsonl
+
+Each run appends one JSON object to --log; `bench/run.py summary` summarises.
+"""
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+
+def target_dir():
+    return os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
+
+
+def loadavg():
+    with open("/proc/loadavg") as fh:
+        return float(fh.read().split()[0])
+
+
+def timed(cmd, env=None, cwd=None):
+    """Runs cmd; returns (stdout, stderr, wall s, cpu s, peak rss MiB) from wait4."""
+    out = tempfile.TemporaryFile()
+    err = tempfile.TemporaryFile()
+    t0 = time.monotonic()
+    p = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, cwd=cwd)
+    _, status, ru = os.wait4(p.pid, 0)
+    wall = time.monotonic() - t0
+    p.returncode = os.waitstatus_to_exitcode(status)
+    out.seek(0)
+    err.seek(0)
+    stdout, stderr = out.read().decode(), err.read().decode()
+    if p.returncode != 0:
+        sys.stderr.write(stderr[-4000:])
+        raise SystemExit("failed (%d): %s" % (p.returncode, " ".join(cmd)))
+    return stdout, stderr, wall, ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024.0
+
+
+def run_once(a, variant, i):
+    from data import create_topic
+    from tansu import Tansu
+
+    tdir = target_dir()
+    weir = os.path.join(tdir, "release", "weir")
+    bare = os.path.join(tdir, "release", "examples", "bare_consumer")
+    with Tansu() as broker:
+        produced = json.loads(subprocess.run(
+            [sys.executable, os.path.join(HERE, "data.py"), "--from-jsonl", a.events_file,
+             "--brokers", broker.brokers, "--topic", "transactions", "--partitions", str(a.partitions)],
+            check=True, stdout=subprocess.PIPE, text=True).stdout.strip().splitlines()[-1])
+        for t in ("card-scores", "transactions-dlq"):
+            create_topic(broker.brokers, t, a.partitions)
+        time.sleep(0.5)
+        la0, b0 = loadavg(), broker.cpu_seconds()
+        rec = dict(kind=variant, run=i, events_file=a.events_file, partitions=a.partitions,
+                   input_value_bytes=produced["value_bytes"])
+        if variant == "bare":
+            stdout, _, wall, cpu, rss = timed([bare, broker.brokers, "transactions"])
+            rep = json.loads(stdout.strip().splitlines()[-1])
+            events = rep["messages"]
+            rec.update(messages=events, bytes=rep["bytes"])
+        else:
+            sql = os.path.join(HERE, "sql", "windows.sql" if variant == "weir" else "windows-no-predict.sql")
+            env = dict(os.environ, KAFKA_BROKERS=broker.brokers, WEIR_LOG=os.environ.get("WEIR_LOG", "warn"))
+            with tempfile.TemporaryDirectory(prefix="weir-bench-state-") as state:
+                _, stderr, wall, cpu, rss = timed(
+                    [weir, "run", sql, "--state-dir", state, "--group-id", "bench-%d" % i], env=env)
+            m = re.search(r"done: (\d+) records in, (\d+) out, (\d+) dead-lettered, (\d+) late", stderr)
+            if not m:
+                sys.stderr.write(stderr[-4000:])
+                raise SystemExit("weir printed no summary")
+            events, out, dead, late = map(int, m.groups())
+            rec.update(records_out=out, dead_lettered=dead, late=late)
+        rec.update(events=events, wall_s=round(wall, 3), cpu_s=round(cpu, 3),
+                   events_per_s=round(events / wall), cpu_s_per_million_events=round(cpu / events * 1e6, 3),
+                   events_per_cpu_s=round(events / cpu), peak_rss_mib=round(rss, 1),
+                   broker_cpu_s=round(broker.cpu_seconds() - b0, 3),
+                   loadavg_before=la0, loadavg_after=loadavg())
+        return rec
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--events-file", required=True)
+    ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument("--variants", default="weir,weir-no-predict,bare")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--log")
+    a = ap.parse_args(argv)
+    for i in range(a.repeat):
+        for v in a.variants.split(","):
+            rec = run_once(a, v, i)
+            print(json.dumps(rec), flush=True)
+            if a.log:
+                with open(a.log, "a") as fh:
+                    fh.write(json.dumps(rec) + "\n")
+
+
+if __name__ == "__main__":
+    main()
