@@ -412,6 +412,22 @@ impl Forest {
         at
     }
 
+    /// The leaf one row (at offset `row` in `x`) reaches in tree `t` (every
+    /// branch `BRANCH_LEQ`).
+    #[inline(always)]
+    fn leaf_leq(&self, t: usize, x: &[f32], row: usize) -> u32 {
+        let mut at = self.roots[t];
+        for _ in 0..self.depths[t] {
+            // SAFETY: as in `leaves_leq`.
+            unsafe {
+                let node = self.nodes.get_unchecked(at as usize);
+                let v = *x.get_unchecked(row + node.feature as usize);
+                at = *node.children.get_unchecked((v <= node.threshold) as usize);
+            }
+        }
+        at
+    }
+
     /// The leaf `row` reaches in tree `t`, for any branch modes.
     fn leaf_general(&self, t: usize, row: &[f32]) -> u32 {
         let mut i = self.roots[t] as usize;
@@ -466,9 +482,16 @@ impl Forest {
             for t in 0..self.roots.len() {
                 if self.all_leq {
                     for first in (start..end).step_by(LANES) {
-                        // Lanes past the block's end repeat its last row.
-                        let lanes: [usize; LANES] =
-                            std::array::from_fn(|l| (first + l).min(end - 1) * width);
+                        if end - first < LANES {
+                            // Fewer rows than lanes (a batch of one, the
+                            // block's tail): walk them one by one.
+                            for r in first..end {
+                                let leaf = self.leaf_leq(t, x, r * width);
+                                self.add_leaf(leaf, &mut scores[r * k..(r + 1) * k]);
+                            }
+                            continue;
+                        }
+                        let lanes: [usize; LANES] = std::array::from_fn(|l| (first + l) * width);
                         let leaves = self.leaves_leq(t, x, lanes);
                         for (l, leaf) in leaves.iter().enumerate().take(end - first) {
                             let r = first + l;
