@@ -42,7 +42,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use datafusion::arrow::array::{
     Array, ArrayRef, BooleanArray, FixedSizeBinaryArray, Int64Array, RecordBatch, StringArray,
-    UInt32Array,
+    TimestampMillisecondArray, UInt32Array,
 };
 use datafusion::arrow::compute::{cast, take};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
@@ -213,11 +213,14 @@ impl Held {
 
     /// Sets aside the rows of `batch` that must wait; returns the others, with
     /// the arrival watermark each may pass downstream.
-    fn hold(&mut self, batch: Batch, times: &[Option<i64>]) -> anyhow::Result<Batch> {
+    fn hold(&mut self, batch: Batch, times: &TimestampMillisecondArray) -> anyhow::Result<Batch> {
         let arrival = batch.arrival_watermark.clone();
         let table_watermark = self.table_watermark;
-        let waits =
-            |r: usize| times[r].is_some_and(|t| t > table_watermark && t > arrival.value(r));
+        let waits = |r: usize| {
+            times.is_valid(r)
+                && times.value(r) > table_watermark
+                && times.value(r) > arrival.value(r)
+        };
         if self.rows.is_empty() && !(0..batch.num_rows()).any(waits) {
             if let Some(w) = arrival.iter().flatten().max() {
                 self.input_watermark = self.input_watermark.max(w);
@@ -228,11 +231,11 @@ impl Held {
         let encoded = self.converter.convert_columns(batch.data.columns())?;
         let mut keep = Vec::with_capacity(batch.num_rows());
         let mut watermarks = Vec::with_capacity(batch.num_rows());
-        for (r, time) in times.iter().enumerate() {
+        for r in 0..batch.num_rows() {
             let a = arrival.value(r);
             self.input_watermark = self.input_watermark.max(a);
             if waits(r) {
-                let key = (time.expect("checked"), batch.ids.value(r).try_into()?);
+                let key = (times.value(r), batch.ids.value(r).try_into()?);
                 self.rows.insert(key, encoded.row(r).data().into());
                 self.added.insert(key);
             } else {
@@ -541,7 +544,8 @@ impl Operator for LookupJoinOp {
         }
         let batch = match self.as_of {
             Some(i) => {
-                let times: Vec<Option<i64>> = event_times(&batch.data, i)?.iter().collect();
+                // A cheap clone (shared buffers), so `batch` can move on.
+                let times = event_times(&batch.data, i)?.clone();
                 self.held.hold(batch, &times)?
             }
             None => batch,

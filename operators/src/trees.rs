@@ -390,13 +390,14 @@ impl Forest {
         })
     }
 
-    /// The leaves eight rows reach in tree `t` (every branch `BRANCH_LEQ`).
-    /// `rows[l]` is the offset of lane `l`'s row in `x`.
+    /// The leaves `N` rows reach in tree `t` (every branch `BRANCH_LEQ`),
+    /// walking together: `LANES` of them, or one. `rows[l]` is the offset of
+    /// lane `l`'s row in `x`.
     #[inline(always)]
-    fn leaves_leq(&self, t: usize, x: &[f32], rows: [usize; LANES]) -> [u32; LANES] {
-        let mut at = [self.roots[t]; LANES];
+    fn leaves_leq<const N: usize>(&self, t: usize, x: &[f32], rows: [usize; N]) -> [u32; N] {
+        let mut at = [self.roots[t]; N];
         for _ in 0..self.depths[t] {
-            for l in 0..LANES {
+            for l in 0..N {
                 // SAFETY: every child index was resolved to a node of this
                 // forest when it was parsed, and roots are nodes; `score`
                 // checked that rows are at least `features` wide and that `x`
@@ -407,22 +408,6 @@ impl Forest {
                     let v = *x.get_unchecked(rows[l] + node.feature as usize);
                     at[l] = *node.children.get_unchecked((v <= node.threshold) as usize);
                 }
-            }
-        }
-        at
-    }
-
-    /// The leaf one row (at offset `row` in `x`) reaches in tree `t` (every
-    /// branch `BRANCH_LEQ`).
-    #[inline(always)]
-    fn leaf_leq(&self, t: usize, x: &[f32], row: usize) -> u32 {
-        let mut at = self.roots[t];
-        for _ in 0..self.depths[t] {
-            // SAFETY: as in `leaves_leq`.
-            unsafe {
-                let node = self.nodes.get_unchecked(at as usize);
-                let v = *x.get_unchecked(row + node.feature as usize);
-                at = *node.children.get_unchecked((v <= node.threshold) as usize);
             }
         }
         at
@@ -486,7 +471,7 @@ impl Forest {
                             // Fewer rows than lanes (a batch of one, the
                             // block's tail): walk them one by one.
                             for r in first..end {
-                                let leaf = self.leaf_leq(t, x, r * width);
+                                let [leaf] = self.leaves_leq(t, x, [r * width]);
                                 self.add_leaf(leaf, &mut scores[r * k..(r + 1) * k]);
                             }
                             continue;

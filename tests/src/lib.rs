@@ -357,3 +357,33 @@ pub fn pipeline_file(sql: &str) -> (tempfile::TempDir, PathBuf) {
     std::fs::write(&path, sql).expect("the pipeline file is written");
     (dir, path)
 }
+
+/// Decodes JSON lines with `decoder` as records of partition 0 at offsets
+/// 0, 1, ...; every line must decode.
+pub fn decode_lines(
+    decoder: &weir_operators::JsonDecoder,
+    lines: &[String],
+) -> weir_operators::decode::Decoded {
+    let mut buf = Vec::new();
+    let mut spans = Vec::new();
+    let mut metas = Vec::new();
+    for (i, l) in lines.iter().enumerate() {
+        let s = buf.len();
+        buf.extend_from_slice(l.as_bytes());
+        spans.push((s, buf.len()));
+        buf.push(b'\n');
+        metas.push(weir_operators::RecordMeta {
+            partition: 0,
+            offset: i as i64,
+            timestamp: None,
+            key: None,
+        });
+    }
+    let decoded = decoder.decode(&buf, &spans, &metas).expect("decodes");
+    assert!(
+        decoded.bad.is_empty(),
+        "every line decodes: {:?}",
+        decoded.bad
+    );
+    decoded
+}

@@ -13,10 +13,8 @@ use datafusion::arrow::array::Int64Array;
 use serde_json::Value;
 use weir_operators::ids::{id_array, parse_source_row_id, source_row_id};
 use weir_operators::watermark::{END_OF_TIME, START_OF_TIME};
-use weir_operators::{
-    Batch, Context, JsonDecoder, JsonEncoder, RecordMeta, TableChanges, build_chain,
-};
-use weir_tests::workspace_root;
+use weir_operators::{Batch, Context, JsonDecoder, JsonEncoder, TableChanges, build_chain};
+use weir_tests::{decode_lines, workspace_root};
 
 const FEATURES: [&str; 10] = [
     "amount",
@@ -37,28 +35,6 @@ fn millis(ts: &str) -> i64 {
     chrono::DateTime::parse_from_rfc3339(ts)
         .unwrap()
         .timestamp_millis()
-}
-
-/// Decodes JSON lines with `decoder`, one record per line.
-fn decode(decoder: &JsonDecoder, lines: &[String]) -> weir_operators::decode::Decoded {
-    let mut buf = Vec::new();
-    let mut spans = Vec::new();
-    let mut metas = Vec::new();
-    for (i, l) in lines.iter().enumerate() {
-        let s = buf.len();
-        buf.extend_from_slice(l.as_bytes());
-        spans.push((s, buf.len()));
-        buf.push(b'\n');
-        metas.push(RecordMeta {
-            partition: 0,
-            offset: i as i64,
-            timestamp: None,
-            key: None,
-        });
-    }
-    let decoded = decoder.decode(&buf, &spans, &metas).unwrap();
-    assert!(decoded.bad.is_empty(), "fixture rows decode");
-    decoded
 }
 
 #[test]
@@ -92,7 +68,7 @@ fn the_example_pipeline_computes_the_features_its_model_was_trained_on() {
         .into_iter()
         .map(|(_, v)| v)
         .collect();
-    let table = decode(
+    let table = decode_lines(
         &JsonDecoder::new(&plan.tables["merchant_risk"]),
         &table_lines,
     );
@@ -146,7 +122,7 @@ fn the_example_pipeline_computes_the_features_its_model_was_trained_on() {
             });
             max_ts = max_ts.max(millis(r["ts"].as_str().unwrap()));
         }
-        let decoded = decode(&decoder, &lines);
+        let decoded = decode_lines(&decoder, &lines);
         let batch = Batch::new(
             decoded.batch,
             Arc::new(Int64Array::from(arrival)),

@@ -19,10 +19,10 @@ use serde_json::Value;
 use weir_operators::ids::{id_array, parse_source_row_id, source_row_id};
 use weir_operators::watermark::{END_OF_TIME, START_OF_TIME};
 use weir_operators::{
-    Batch, Chain, Context, JsonDecoder, JsonEncoder, RecordMeta, StateAttachment, TableChanges,
-    build_chain,
+    Batch, Chain, Context, JsonDecoder, JsonEncoder, StateAttachment, TableChanges, build_chain,
 };
 use weir_state::{CheckpointMeta, TaskStore};
+use weir_tests::decode_lines;
 
 const DELAY_MS: i64 = 1_000;
 const BATCH: usize = 40;
@@ -153,27 +153,6 @@ struct Pipeline {
     out: HashMap<i64, Vec<Value>>,
 }
 
-fn decode(decoder: &JsonDecoder, lines: &[String]) -> weir_operators::decode::Decoded {
-    let mut buf = Vec::new();
-    let mut spans = Vec::new();
-    let mut metas = Vec::new();
-    for (i, l) in lines.iter().enumerate() {
-        let s = buf.len();
-        buf.extend_from_slice(l.as_bytes());
-        spans.push((s, buf.len()));
-        buf.push(b'\n');
-        metas.push(RecordMeta {
-            partition: 0,
-            offset: i as i64,
-            timestamp: None,
-            key: None,
-        });
-    }
-    let decoded = decoder.decode(&buf, &spans, &metas).unwrap();
-    assert!(decoded.bad.is_empty());
-    decoded
-}
-
 impl Pipeline {
     fn new(query: &str) -> Self {
         let sql = format!("{TABLES}{query}");
@@ -222,7 +201,7 @@ impl Pipeline {
                 }
             }
             let changes = TableChanges {
-                rows: decode(&self.rates, &rows).batch,
+                rows: decode_lines(&self.rates, &rows).batch,
                 deletes,
             };
             self.chain.apply_table("rates", &changes).unwrap();
@@ -261,7 +240,7 @@ impl Pipeline {
             self.watermark = self.max_ts - DELAY_MS;
         }
         let batch = Batch::new(
-            decode(&self.tx, &lines).batch,
+            decode_lines(&self.tx, &lines).batch,
             Arc::new(Int64Array::from(arrival)),
             Arc::new(id_array((from..to).map(|j| source_row_id(0, j as i64)))),
         );
