@@ -14,7 +14,8 @@ use datafusion::arrow::row::{RowConverter, Rows, SortField};
 use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 use datafusion::physical_expr::{GroupsAccumulatorAdapter, PhysicalExpr};
-use hashbrown::HashSet;
+
+use super::groups::Seen;
 
 /// Where each output column of the aggregate comes from.
 #[derive(Debug, Clone, Copy)]
@@ -101,6 +102,12 @@ impl Aggregation {
             columns,
             schema,
         })
+    }
+
+    /// Whether aggregate `i` keeps a state of its own (DISTINCT ones are
+    /// evaluated from their sightings).
+    pub fn has_state(&self, i: usize) -> bool {
+        self.state_widths[i] > 0
     }
 
     pub fn new_accumulators(&self) -> anyhow::Result<Vec<Box<dyn GroupsAccumulator>>> {
@@ -284,14 +291,12 @@ impl Aggregation {
 /// through: aggregates ignore nulls themselves.
 pub fn first_sightings(
     converter: &RowConverter,
-    seen: &mut HashSet<Box<[u8]>>,
-    bytes: &mut usize,
+    seen: &mut Seen,
     values: &[ArrayRef],
     group_indices: &[usize],
     filter: Option<&BooleanArray>,
 ) -> anyhow::Result<BooleanArray> {
     let rows = converter.convert_columns(values)?;
-    let mut key = Vec::new();
     let mask = (0..group_indices.len())
         .map(|r| {
             if filter.is_some_and(|f| !f.is_valid(r) || !f.value(r)) {
@@ -300,16 +305,7 @@ pub fn first_sightings(
             if values.iter().any(|v| v.is_null(r)) {
                 return true;
             }
-            key.clear();
-            key.extend_from_slice(&(group_indices[r] as u32).to_le_bytes());
-            key.extend_from_slice(rows.row(r).as_ref());
-            if seen.contains(key.as_slice()) {
-                false
-            } else {
-                *bytes += key.len() + 24;
-                seen.insert(key.as_slice().into());
-                true
-            }
+            seen.insert(group_indices[r] as u32, rows.row(r).as_ref())
         })
         .collect::<Vec<bool>>();
     Ok(BooleanArray::from(mask))

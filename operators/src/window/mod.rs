@@ -19,10 +19,14 @@
 //! updates (or inserts, for groups new to the window), identified as such by
 //! their row identity ([`crate::ids::Change`]).
 //!
-//! State: with a store attached, a pane's delta is written to the store before
-//! each checkpoint and whenever the operator's memory passes its budget, so
-//! memory holds only what changed recently, not every key. In the store (the
-//! operator's column family, under the task prefix):
+//! State: with a store attached, a pane lives in memory until it fires. At a
+//! checkpoint the store gets a *copy* of the groups that changed since the last
+//! one (and of new DISTINCT sightings); memory keeps them, so firing reads
+//! nothing back. Only when the operator's memory passes its budget are the
+//! largest panes *moved* to the store: memory then holds what changed since,
+//! merged with the stored groups at fire time (as is a pane restored from a
+//! checkpoint). In the store (the operator's column family, under the task
+//! prefix):
 //! ```text
 //! pane(8) key_len(u32 BE) key  0            -> accumulator states of the non-DISTINCT aggregates
 //! pane(8) key_len(u32 BE) key  1 agg(u8) v  -> (empty): value v seen by DISTINCT aggregate agg
@@ -36,6 +40,7 @@
 
 mod aggregation;
 mod assign;
+mod groups;
 mod session;
 
 use std::collections::BTreeMap;
@@ -44,7 +49,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, UInt32Array};
 use datafusion::arrow::compute::take;
 use datafusion::logical_expr::GroupsAccumulator;
-use hashbrown::{HashMap, HashSet};
+use hashbrown::HashMap;
 use weir_state::OperatorState;
 
 pub use aggregation::{AggregateSpec, Aggregation, OutputColumn};
@@ -52,27 +57,36 @@ pub use assign::Assigner;
 pub use session::SessionOp;
 
 use aggregation::{Inputs, first_sightings};
+use groups::{Interner, Seen, unpair};
 
 use crate::ids::{Change, RowId, change_row_id, id_array, window_row_id};
 use crate::operator::{Batch, Context, Operator, StateAttachment, event_times};
 
-/// What a pane accumulated since it was last written to the store.
+/// What a pane accumulated since it was last moved to the store (all of it,
+/// for a pane that never was).
 struct Delta {
-    groups: HashMap<Box<[u8]>, u32>,
-    keys: Vec<Box<[u8]>>,
+    /// Group keys, numbered in order of first sight.
+    keys: Interner,
     accumulators: Vec<Box<dyn GroupsAccumulator>>,
     /// Per aggregate: the (group, value) pairs seen, for DISTINCT aggregates.
-    seen: Vec<Option<HashSet<Box<[u8]>>>>,
-    /// Memory held by `groups`, `keys` and `seen`, roughly.
-    bytes: usize,
+    seen: Vec<Option<Seen>>,
+    /// Of a pane memory holds whole: per DISTINCT aggregate, how many of its
+    /// sightings (`Seen::order`) the store has a copy of.
+    seen_copied: Vec<usize>,
+    /// Per group: changed since the store last got a copy of it.
+    dirty: Vec<bool>,
 }
 
 struct Pane {
     /// The window's end: it names the window (CUMULATE windows share starts).
     end: i64,
     delta: Delta,
-    /// Whether the store holds groups of this pane.
+    /// Whether the store holds groups of this pane that memory does not: the
+    /// delta is merged with them (at fire time, or when written).
     in_store: bool,
+    /// Of a pane memory holds whole (`!in_store`): whether a checkpoint wrote
+    /// a copy of it to the store, which goes when the pane does.
+    copied: bool,
     /// Whether the window has fired (it is kept for allowed lateness).
     fired: bool,
     /// Of a fired pane: the groups late rows changed since the last emission,
@@ -165,16 +179,16 @@ impl WindowAggregateOp {
 
     fn new_delta(&self) -> anyhow::Result<Delta> {
         Ok(Delta {
-            groups: HashMap::new(),
-            keys: Vec::new(),
+            keys: Interner::default(),
             accumulators: self.agg.new_accumulators()?,
             seen: self
                 .agg
                 .aggregates
                 .iter()
-                .map(|a| a.distinct.as_ref().map(|_| HashSet::new()))
+                .map(|a| a.distinct.as_ref().map(|_| Seen::default()))
                 .collect(),
-            bytes: 0,
+            seen_copied: vec![0; self.agg.aggregates.len()],
+            dirty: Vec::new(),
         })
     }
 
@@ -198,6 +212,13 @@ impl WindowAggregateOp {
     fn flush_pane(&self, pane: &mut Pane) -> anyhow::Result<()> {
         let store = self.store.as_ref().expect("flush_pane needs a store");
         if pane.delta.keys.is_empty() {
+            return Ok(());
+        }
+        if !pane.in_store && pane.copied && !pane.fired {
+            // Memory holds the pane whole and the store the rest of a copy.
+            self.copy_pane(pane)?;
+            pane.delta = self.new_delta()?;
+            pane.in_store = true;
             return Ok(());
         }
         let Delta {
@@ -253,11 +274,11 @@ impl WindowAggregateOp {
         for (agg, seen) in seen.iter().enumerate() {
             let Some(seen) = seen else { continue };
             let mut sightings = Vec::with_capacity(seen.len());
-            for s in seen {
-                let g = u32::from_le_bytes(s[..4].try_into().expect("4-byte group index"));
+            for &p in &seen.order {
+                let (g, v) = unpair(p);
                 let mut k = with_kind(&prefixes[g as usize], KIND_SIGHTING);
                 k.push(agg as u8);
-                k.extend_from_slice(&s[4..]);
+                k.extend_from_slice(seen.values.get(v as usize));
                 sightings.push((g as usize, k));
             }
             if pane.fired && pane.in_store {
@@ -280,12 +301,73 @@ impl WindowAggregateOp {
         if pane.fired {
             for ((k, e), d) in keys.iter().zip(&existing).zip(&differs) {
                 if *d {
-                    pane.changed.entry(k.clone()).or_insert(e.is_some());
+                    pane.changed.entry(k.into()).or_insert(e.is_some());
                 }
             }
         }
         store.write(batch)?;
         pane.in_store = true;
+        Ok(())
+    }
+
+    /// Of a pane memory holds whole: gives the store a copy of the groups that
+    /// changed since the last copy, and of the sightings new since, and leaves
+    /// memory holding the same values.
+    fn copy_pane(&self, pane: &mut Pane) -> anyhow::Result<()> {
+        let store = self.store.as_ref().expect("copy_pane needs a store");
+        let end = pane.end;
+        let d = &mut pane.delta;
+        let n = d.keys.len();
+        let dirty: Vec<u32> = (0..n as u32).filter(|&g| d.dirty[g as usize]).collect();
+        let mut batch = store.batch();
+        if !dirty.is_empty() {
+            if let Some(conv) = &self.agg.state_converter {
+                // Taking the states empties the accumulators; they are rebuilt
+                // from the same states.
+                let columns = self.agg.take_states(&mut d.accumulators)?;
+                let rows = if dirty.len() == n {
+                    conv.convert_columns(&columns)?
+                } else {
+                    let idx = UInt32Array::from(dirty.clone());
+                    let taken = columns
+                        .iter()
+                        .map(|c| take(c.as_ref(), &idx, None))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    conv.convert_columns(&taken)?
+                };
+                for (j, &g) in dirty.iter().enumerate() {
+                    let k = with_kind(&group_prefix(end, d.keys.get(g as usize)), KIND_STATE);
+                    store.put(&mut batch, &k, rows.row(j).as_ref())?;
+                }
+                let mut rebuilt = self.agg.new_accumulators()?;
+                let groups: Vec<usize> = (0..n).collect();
+                self.agg
+                    .merge_state_columns(&mut rebuilt, &columns, &groups, n)?;
+                for (i, acc) in rebuilt.into_iter().enumerate() {
+                    if self.agg.has_state(i) {
+                        d.accumulators[i] = acc;
+                    }
+                }
+            } else {
+                for &g in &dirty {
+                    let k = with_kind(&group_prefix(end, d.keys.get(g as usize)), KIND_STATE);
+                    store.put(&mut batch, &k, &[])?;
+                }
+            }
+        }
+        for (agg, seen) in d.seen.iter().enumerate() {
+            let Some(seen) = seen else { continue };
+            for &p in &seen.order[d.seen_copied[agg]..] {
+                let (g, v) = unpair(p);
+                let mut k = with_kind(&group_prefix(end, d.keys.get(g as usize)), KIND_SIGHTING);
+                k.push(agg as u8);
+                k.extend_from_slice(seen.values.get(v as usize));
+                store.put(&mut batch, &k, &[])?;
+            }
+            d.seen_copied[agg] = seen.order.len();
+        }
+        d.dirty.fill(false);
+        store.write(batch)?;
         Ok(())
     }
 
@@ -303,11 +385,11 @@ impl WindowAggregateOp {
             pane.fired = true;
             let delta = std::mem::replace(&mut pane.delta, self.new_delta()?);
             if !delta.keys.is_empty() {
-                let keys: Vec<&[u8]> = delta.keys.iter().map(|k| k.as_ref()).collect();
+                let keys: Vec<&[u8]> = delta.keys.iter().collect();
                 let ids = keys.iter().map(|k| window_row_id(k, end)).collect();
                 out.push(self.emit(end, &keys, delta.accumulators, ids, watermark)?);
             }
-            return Ok(());
+            return self.purge(pane);
         }
         self.flush_pane(pane)?;
         pane.fired = true;
@@ -416,7 +498,7 @@ impl WindowAggregateOp {
     }
 
     fn purge(&self, pane: &Pane) -> anyhow::Result<()> {
-        if !pane.in_store {
+        if !pane.in_store && !pane.copied {
             return Ok(());
         }
         let store = self.store.as_ref().expect("a stored pane has a store");
@@ -558,6 +640,7 @@ impl WindowAggregateOp {
                     end,
                     delta: self.new_delta()?,
                     in_store: false,
+                    copied: false,
                     // A window whose end the watermark has passed (allowed
                     // lateness) counts as fired: its groups come out as
                     // changes at the next advance, and survive a checkpoint
@@ -570,18 +653,12 @@ impl WindowAggregateOp {
             let pane = &mut self.panes.get_mut(&end).expect("inserted above").delta;
             let mut group_indices = Vec::with_capacity(indices.len());
             for &row in &indices {
-                let bytes = inputs.key(row as usize);
-                let g = match pane.groups.get(bytes) {
-                    Some(g) => *g,
-                    None => {
-                        let g = pane.keys.len() as u32;
-                        let owned: Box<[u8]> = bytes.into();
-                        pane.bytes += 2 * owned.len() + 48;
-                        pane.keys.push(owned.clone());
-                        pane.groups.insert(owned, g);
-                        g
-                    }
-                };
+                let (g, new) = pane.keys.intern(inputs.key(row as usize));
+                if new {
+                    pane.dirty.push(true);
+                } else {
+                    pane.dirty[g as usize] = true;
+                }
                 group_indices.push(g as usize);
             }
             let all_rows = indices.len() == n;
@@ -606,7 +683,6 @@ impl WindowAggregateOp {
                     filter = Some(first_sightings(
                         converter,
                         seen,
-                        &mut pane.bytes,
                         &values,
                         &group_indices,
                         filter.as_ref(),
@@ -620,7 +696,11 @@ impl WindowAggregateOp {
 }
 
 fn pane_memory(p: &Pane) -> usize {
-    p.delta.bytes + p.delta.accumulators.iter().map(|a| a.size()).sum::<usize>()
+    let d = &p.delta;
+    d.keys.memory()
+        + d.dirty.capacity()
+        + d.seen.iter().flatten().map(Seen::memory).sum::<usize>()
+        + d.accumulators.iter().map(|a| a.size()).sum::<usize>()
 }
 
 impl Operator for WindowAggregateOp {
@@ -739,6 +819,7 @@ impl Operator for WindowAggregateOp {
                 end,
                 delta: self.new_delta()?,
                 in_store: true,
+                copied: false,
                 fired,
                 changed,
             };
@@ -759,7 +840,14 @@ impl Operator for WindowAggregateOp {
         let ends: Vec<i64> = self.panes.keys().copied().collect();
         for end in ends {
             let mut pane = self.panes.remove(&end).expect("listed above");
-            self.flush_pane(&mut pane)?;
+            if !pane.in_store && !pane.fired {
+                // Memory keeps the pane whole; the store gets a copy of what
+                // changed since the last one.
+                self.copy_pane(&mut pane)?;
+                pane.copied = true;
+            } else {
+                self.flush_pane(&mut pane)?;
+            }
             if !pane.changed.is_empty() {
                 let store = self.store.as_ref().expect("checked above");
                 let mut batch = store.batch();
