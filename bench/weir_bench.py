@@ -67,7 +67,8 @@ def run_once(a, variant, i):
     from tansu import Tansu
 
     tdir = target_dir()
-    weir = os.path.join(tdir, "release", "weir")
+    # WEIR_BENCH_BIN: another weir binary (e.g. an earlier build to compare with).
+    weir = os.environ.get("WEIR_BENCH_BIN") or os.path.join(tdir, "release", "weir")
     bare = os.path.join(tdir, "release", "examples", "bare_consumer")
     with Tansu() as broker:
         produced = json.loads(subprocess.run(
@@ -89,8 +90,11 @@ def run_once(a, variant, i):
             sql = os.path.join(HERE, "sql", "windows.sql" if variant == "weir" else "windows-no-predict.sql")
             env = dict(os.environ, KAFKA_BROKERS=broker.brokers, WEIR_LOG=os.environ.get("WEIR_LOG", "warn"))
             with tempfile.TemporaryDirectory(prefix="weir-bench-state-") as state:
+                # WEIR_BENCH_WRAP prefixes the command, e.g. with a profiler:
+                # WEIR_BENCH_WRAP="perf record -F 99 -g -o /tmp/weir.perf --".
+                wrap = os.environ.get("WEIR_BENCH_WRAP", "").split()
                 _, stderr, wall, cpu, rss = timed(
-                    [weir, "run", sql, "--state-dir", state, "--group-id", "bench-%d" % i], env=env)
+                    wrap + [weir, "run", sql, "--state-dir", state, "--group-id", "bench-%d" % i], env=env)
             m = re.search(r"done: (\d+) records in, (\d+) out, (\d+) dead-lettered, (\d+) late", stderr)
             if not m:
                 sys.stderr.write(stderr[-4000:])
