@@ -32,7 +32,16 @@
 //! pane(8) key_len(u32 BE) key  1 agg(u8) v  -> (empty): value v seen by DISTINCT aggregate agg
 //! pane(8) key_len(u32 BE) key  2            -> [emitted before]: a fired pane's group changed by
 //!                                              late rows, to re-emit (allowed lateness)
+//! pane(8) FF FF FF FF seq(u64 BE)            -> segment: of a pane memory holds whole, the
+//!                                              groups one checkpoint copied (and their new
+//!                                              sightings), at most SEGMENT_BYTES each
 //! ```
+//! A pane is stored one way or the other: per group once it has been moved
+//! (its segments are then replaced by per-group entries), in segments while
+//! memory holds it whole. Segments are read only at restore, in order (a later
+//! copy of a group replaces an earlier one), and give memory the whole pane
+//! back; they cost a checkpoint a buffer copy per group instead of an insert
+//! into RocksDB's memtable per group and per sighting.
 //! `pane` is the window end, sign bit flipped, big-endian, so panes scan in
 //! time order. A pane that was never written to the store fires straight from
 //! memory. DISTINCT aggregates are evaluated at fire time from the stored
@@ -84,9 +93,9 @@ struct Pane {
     /// Whether the store holds groups of this pane that memory does not: the
     /// delta is merged with them (at fire time, or when written).
     in_store: bool,
-    /// Of a pane memory holds whole (`!in_store`): whether a checkpoint wrote
-    /// a copy of it to the store, which goes when the pane does.
-    copied: bool,
+    /// Of a pane memory holds whole (`!in_store`): how many segments
+    /// checkpoints wrote a copy of it in (they go when the pane does).
+    segments: u64,
     /// Whether the window has fired (it is kept for allowed lateness).
     fired: bool,
     /// Of a fired pane: the groups late rows changed since the last emission,
@@ -96,6 +105,13 @@ struct Pane {
 
 /// Groups read back from the store per evaluation, bounding memory at fire time.
 const FIRE_CHUNK_GROUPS: usize = 8192;
+
+/// Where a pane's segments start, after its per-group entries (no group key
+/// is 4 GiB long).
+const SEGMENT_MARK: [u8; 4] = [0xFF; 4];
+/// A segment is cut once it holds this many bytes (it travels in one
+/// changelog record).
+const SEGMENT_BYTES: usize = 64 << 10;
 
 const KIND_STATE: u8 = 0;
 const KIND_SIGHTING: u8 = 1;
@@ -133,6 +149,50 @@ fn group_prefix(end: i64, key: &[u8]) -> Vec<u8> {
     k.extend_from_slice(&(key.len() as u32).to_be_bytes());
     k.extend_from_slice(key);
     k
+}
+
+fn segment_prefix(end: i64) -> Vec<u8> {
+    let mut k = pane_prefix(end).to_vec();
+    k.extend_from_slice(&SEGMENT_MARK);
+    k
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(&(b.len() as u32).to_be_bytes());
+    out.extend_from_slice(b);
+}
+
+/// Reads a segment: per group, its key, its state and its new sightings
+/// (aggregate, value).
+fn read_segment(
+    mut seg: &[u8],
+    mut group: impl FnMut(&[u8], &[u8], Vec<(usize, &[u8])>),
+) -> anyhow::Result<()> {
+    fn take<'a>(seg: &mut &'a [u8], n: usize) -> anyhow::Result<&'a [u8]> {
+        anyhow::ensure!(seg.len() >= n, "a window state segment is cut short");
+        let (a, b) = seg.split_at(n);
+        *seg = b;
+        Ok(a)
+    }
+    fn u32_of(seg: &mut &[u8]) -> anyhow::Result<usize> {
+        Ok(u32::from_be_bytes(take(seg, 4)?.try_into().expect("4 bytes")) as usize)
+    }
+    fn bytes<'a>(seg: &mut &'a [u8]) -> anyhow::Result<&'a [u8]> {
+        let n = u32_of(seg)?;
+        take(seg, n)
+    }
+    while !seg.is_empty() {
+        let key = bytes(&mut seg)?;
+        let state = bytes(&mut seg)?;
+        let n = u32_of(&mut seg)?;
+        let mut sightings = Vec::with_capacity(n);
+        for _ in 0..n {
+            let agg = take(&mut seg, 1)?[0] as usize;
+            sightings.push((agg, bytes(&mut seg)?));
+        }
+        group(key, state, sightings);
+    }
+    Ok(())
 }
 
 fn with_kind(prefix: &[u8], kind: u8) -> Vec<u8> {
@@ -214,12 +274,13 @@ impl WindowAggregateOp {
         if pane.delta.keys.is_empty() {
             return Ok(());
         }
-        if !pane.in_store && pane.copied && !pane.fired {
-            // Memory holds the pane whole and the store the rest of a copy.
-            self.copy_pane(pane)?;
-            pane.delta = self.new_delta()?;
-            pane.in_store = true;
-            return Ok(());
+        if !pane.in_store && pane.segments > 0 {
+            // Memory holds the pane whole: its groups go to the store one by
+            // one (below, as a pane new to the store), replacing its segments.
+            let mut batch = store.batch();
+            store.delete_prefix(&mut batch, &segment_prefix(pane.end))?;
+            store.write(batch)?;
+            pane.segments = 0;
         }
         let Delta {
             keys,
@@ -311,17 +372,18 @@ impl WindowAggregateOp {
     }
 
     /// Of a pane memory holds whole: gives the store a copy of the groups that
-    /// changed since the last copy, and of the sightings new since, and leaves
-    /// memory holding the same values.
+    /// changed since the last copy, with the sightings new since, in segments,
+    /// and leaves memory holding the same values.
     fn copy_pane(&self, pane: &mut Pane) -> anyhow::Result<()> {
         let store = self.store.as_ref().expect("copy_pane needs a store");
-        let end = pane.end;
         let d = &mut pane.delta;
         let n = d.keys.len();
         let dirty: Vec<u32> = (0..n as u32).filter(|&g| d.dirty[g as usize]).collect();
-        let mut batch = store.batch();
-        if !dirty.is_empty() {
-            if let Some(conv) = &self.agg.state_converter {
+        if dirty.is_empty() {
+            return Ok(());
+        }
+        let states = match &self.agg.state_converter {
+            Some(conv) => {
                 // Taking the states empties the accumulators; they are rebuilt
                 // from the same states.
                 let columns = self.agg.take_states(&mut d.accumulators)?;
@@ -335,10 +397,6 @@ impl WindowAggregateOp {
                         .collect::<Result<Vec<_>, _>>()?;
                     conv.convert_columns(&taken)?
                 };
-                for (j, &g) in dirty.iter().enumerate() {
-                    let k = with_kind(&group_prefix(end, d.keys.get(g as usize)), KIND_STATE);
-                    store.put(&mut batch, &k, rows.row(j).as_ref())?;
-                }
                 let mut rebuilt = self.agg.new_accumulators()?;
                 let groups: Vec<usize> = (0..n).collect();
                 self.agg
@@ -348,27 +406,112 @@ impl WindowAggregateOp {
                         d.accumulators[i] = acc;
                     }
                 }
-            } else {
-                for &g in &dirty {
-                    let k = with_kind(&group_prefix(end, d.keys.get(g as usize)), KIND_STATE);
-                    store.put(&mut batch, &k, &[])?;
-                }
+                Some(rows)
             }
-        }
+            None => None,
+        };
+        // The new sightings by group (a group that saw a value is dirty).
+        let mut sightings: Vec<(u32, u8, u32)> = Vec::new();
         for (agg, seen) in d.seen.iter().enumerate() {
             let Some(seen) = seen else { continue };
-            for &p in &seen.order[d.seen_copied[agg]..] {
+            sightings.extend(seen.order[d.seen_copied[agg]..].iter().map(|&p| {
                 let (g, v) = unpair(p);
-                let mut k = with_kind(&group_prefix(end, d.keys.get(g as usize)), KIND_SIGHTING);
-                k.push(agg as u8);
-                k.extend_from_slice(seen.values.get(v as usize));
-                store.put(&mut batch, &k, &[])?;
-            }
+                (g, agg as u8, v)
+            }));
             d.seen_copied[agg] = seen.order.len();
         }
+        sightings.sort_unstable();
+        let mut batch = store.batch();
+        let mut segment = Vec::with_capacity(SEGMENT_BYTES + 4096);
+        let mut s = 0;
+        for (j, &g) in dirty.iter().enumerate() {
+            put_bytes(&mut segment, d.keys.get(g as usize));
+            put_bytes(
+                &mut segment,
+                states.as_ref().map_or(&[][..], |r| r.row(j).data()),
+            );
+            let from = s;
+            while s < sightings.len() && sightings[s].0 == g {
+                s += 1;
+            }
+            segment.extend_from_slice(&((s - from) as u32).to_be_bytes());
+            for &(_, agg, v) in &sightings[from..s] {
+                segment.push(agg);
+                let seen = d.seen[agg as usize].as_ref().expect("a DISTINCT aggregate");
+                put_bytes(&mut segment, seen.values.get(v as usize));
+            }
+            if segment.len() >= SEGMENT_BYTES || j + 1 == dirty.len() {
+                let mut k = segment_prefix(pane.end);
+                k.extend_from_slice(&pane.segments.to_be_bytes());
+                store.put(&mut batch, &k, &segment)?;
+                pane.segments += 1;
+                segment.clear();
+            }
+        }
+        debug_assert_eq!(s, sightings.len(), "every new sighting's group is dirty");
         d.dirty.fill(false);
         store.write(batch)?;
         Ok(())
+    }
+
+    /// The pane ending at `end` from its segments, whole, if it was stored so.
+    fn restore_segments(
+        &self,
+        store: &OperatorState,
+        end: i64,
+    ) -> anyhow::Result<Option<(Delta, u64)>> {
+        let mut d = self.new_delta()?;
+        let mut states: Vec<Box<[u8]>> = Vec::new();
+        let mut segments = 0;
+        for entry in store.scan(&segment_prefix(end))? {
+            let (_, v) = entry?;
+            segments += 1;
+            read_segment(&v, |key, state, sightings| {
+                let (g, new) = d.keys.intern(key);
+                if new {
+                    states.push(state.into());
+                    d.dirty.push(false);
+                } else {
+                    // A later copy of the group replaces an earlier one.
+                    states[g as usize] = state.into();
+                }
+                for (agg, value) in sightings {
+                    if let Some(Some(seen)) = d.seen.get_mut(agg) {
+                        seen.insert(g, value);
+                    }
+                }
+            })?;
+        }
+        if segments == 0 {
+            return Ok(None);
+        }
+        let n = d.keys.len();
+        let groups: Vec<usize> = (0..n).collect();
+        let rows: Vec<&[u8]> = states.iter().map(|s| s.as_ref()).collect();
+        self.agg
+            .merge_state_rows(&mut d.accumulators, &rows, &groups, n)?;
+        for (agg, spec) in self.agg.aggregates.iter().enumerate() {
+            let Some(seen) = (if spec.distinct.is_some() {
+                d.seen[agg].as_ref()
+            } else {
+                None
+            }) else {
+                continue;
+            };
+            let (groups, values): (Vec<usize>, Vec<&[u8]>) = seen
+                .order
+                .iter()
+                .map(|&p| {
+                    let (g, v) = unpair(p);
+                    (g as usize, seen.values.get(v as usize))
+                })
+                .unzip();
+            // Called even without sightings, so the accumulator knows all n groups.
+            self.agg
+                .update_distinct(&mut d.accumulators, agg, &values, &groups, n)?;
+            d.seen_copied[agg] = seen.order.len();
+        }
+        Ok(Some((d, segments)))
     }
 
     /// Evaluates a pane whose window has ended; with `keep`, leaves it in the
@@ -498,7 +641,7 @@ impl WindowAggregateOp {
     }
 
     fn purge(&self, pane: &Pane) -> anyhow::Result<()> {
-        if !pane.in_store && !pane.copied {
+        if !pane.in_store && pane.segments == 0 {
             return Ok(());
         }
         let store = self.store.as_ref().expect("a stored pane has a store");
@@ -640,7 +783,7 @@ impl WindowAggregateOp {
                     end,
                     delta: self.new_delta()?,
                     in_store: false,
-                    copied: false,
+                    segments: 0,
                     // A window whose end the watermark has passed (allowed
                     // lateness) counts as fired: its groups come out as
                     // changes at the next advance, and survive a checkpoint
@@ -809,19 +952,32 @@ impl Operator for WindowAggregateOp {
                 // Changes late rows made that were not re-emitted yet.
                 for entry in state.store.scan(&pane_prefix(end))? {
                     let (k, v) = entry?;
+                    if k[8..12] == SEGMENT_MARK {
+                        break;
+                    }
                     let (key, kind, _) = split_stored_key(&k);
                     if kind == KIND_CHANGED {
                         changed.insert(key.into(), v.first() == Some(&1));
                     }
                 }
             }
-            let pane = Pane {
-                end,
-                delta: self.new_delta()?,
-                in_store: true,
-                copied: false,
-                fired,
-                changed,
+            let pane = match self.restore_segments(&state.store, end)? {
+                Some((delta, segments)) => Pane {
+                    end,
+                    delta,
+                    in_store: false,
+                    segments,
+                    fired,
+                    changed,
+                },
+                None => Pane {
+                    end,
+                    delta: self.new_delta()?,
+                    in_store: true,
+                    segments: 0,
+                    fired,
+                    changed,
+                },
             };
             self.panes.insert(end, pane);
             match end.checked_add(1) {
@@ -844,7 +1000,6 @@ impl Operator for WindowAggregateOp {
                 // Memory keeps the pane whole; the store gets a copy of what
                 // changed since the last one.
                 self.copy_pane(&mut pane)?;
-                pane.copied = true;
             } else {
                 self.flush_pane(&mut pane)?;
             }
