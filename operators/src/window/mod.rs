@@ -485,32 +485,17 @@ impl WindowAggregateOp {
         if segments == 0 {
             return Ok(None);
         }
-        let n = d.keys.len();
-        let groups: Vec<usize> = (0..n).collect();
         let rows: Vec<&[u8]> = states.iter().map(|s| s.as_ref()).collect();
-        self.agg
-            .merge_state_rows(&mut d.accumulators, &rows, &groups, n)?;
-        for (agg, spec) in self.agg.aggregates.iter().enumerate() {
-            let Some(seen) = (if spec.distinct.is_some() {
-                d.seen[agg].as_ref()
-            } else {
-                None
-            }) else {
-                continue;
-            };
-            let (groups, values): (Vec<usize>, Vec<&[u8]>) = seen
-                .order
-                .iter()
-                .map(|&p| {
-                    let (g, v) = unpair(p);
-                    (g as usize, seen.values.get(v as usize))
-                })
-                .unzip();
-            // Called even without sightings, so the accumulator knows all n groups.
-            self.agg
-                .update_distinct(&mut d.accumulators, agg, &values, &groups, n)?;
+        let mut sightings = Vec::new();
+        for (agg, seen) in d.seen.iter().enumerate() {
+            let Some(seen) = seen else { continue };
+            sightings.extend(seen.order.iter().map(|&p| {
+                let (g, v) = unpair(p);
+                (g as usize, agg as u8, seen.values.get(v as usize))
+            }));
             d.seen_copied[agg] = seen.order.len();
         }
+        d.accumulators = self.accumulators_from(&rows, &sightings)?;
         Ok(Some((d, segments)))
     }
 
@@ -662,12 +647,30 @@ impl WindowAggregateOp {
         watermark: i64,
         out: &mut Vec<Batch>,
     ) -> anyhow::Result<()> {
-        let n = keys.len();
-        let mut accumulators = self.agg.new_accumulators()?;
         let rows: Vec<&[u8]> = states.iter().map(|s| s.as_ref()).collect();
+        let sightings: Vec<(usize, u8, &[u8])> = sightings
+            .iter()
+            .map(|(g, a, v)| (*g, *a, v.as_ref()))
+            .collect();
+        let accumulators = self.accumulators_from(&rows, &sightings)?;
+        let keys: Vec<&[u8]> = keys.iter().map(|k| k.as_ref()).collect();
+        let ids = keys.iter().map(|k| id(k)).collect();
+        out.push(self.emit(end, &keys, accumulators, ids, watermark)?);
+        Ok(())
+    }
+
+    /// Accumulators for `states.len()` groups from their stored states
+    /// (`states[g]`: group g's) and DISTINCT sightings (group, aggregate, value).
+    fn accumulators_from(
+        &self,
+        states: &[&[u8]],
+        sightings: &[(usize, u8, &[u8])],
+    ) -> anyhow::Result<Vec<Box<dyn GroupsAccumulator>>> {
+        let n = states.len();
+        let mut accumulators = self.agg.new_accumulators()?;
         let groups: Vec<usize> = (0..n).collect();
         self.agg
-            .merge_state_rows(&mut accumulators, &rows, &groups, n)?;
+            .merge_state_rows(&mut accumulators, states, &groups, n)?;
         for (agg, spec) in self.agg.aggregates.iter().enumerate() {
             if spec.distinct.is_none() {
                 continue;
@@ -675,16 +678,13 @@ impl WindowAggregateOp {
             let (groups, values): (Vec<usize>, Vec<&[u8]>) = sightings
                 .iter()
                 .filter(|(_, a, _)| *a as usize == agg)
-                .map(|(g, _, v)| (*g, v.as_ref()))
+                .map(|(g, _, v)| (*g, *v))
                 .unzip();
             // Called even without sightings, so the accumulator knows all n groups.
             self.agg
                 .update_distinct(&mut accumulators, agg, &values, &groups, n)?;
         }
-        let keys: Vec<&[u8]> = keys.iter().map(|k| k.as_ref()).collect();
-        let ids = keys.iter().map(|k| id(k)).collect();
-        out.push(self.emit(end, &keys, accumulators, ids, watermark)?);
-        Ok(())
+        Ok(accumulators)
     }
 
     /// Memory the deltas hold, roughly.
