@@ -48,6 +48,74 @@ fn commit_key(id: u64, run: u64) -> String {
     format!("{id:020}.{run:016x}.commit")
 }
 
+fn release_key(id: u64, run: u64) -> String {
+    format!("{id:020}.{run:016x}.release")
+}
+
+/// Waits until the partition's previous owner has let go of it, so that two
+/// workers never run a task at once: the last record is a release (a
+/// graceful stop), or nothing was written for `lease` (the owner is gone:
+/// a live task writes a commit record every checkpoint interval). A group
+/// rebalance can assign a partition before its previous owner has noticed
+/// it lost it (a member the broker dropped, a slow revoke). Returns false if
+/// `stop` was set while waiting.
+pub fn await_handover(
+    bootstrap: &str,
+    topic: &str,
+    partition: i32,
+    lease: Duration,
+    stop: &std::sync::atomic::AtomicBool,
+) -> anyhow::Result<bool> {
+    let consumer = crate::kafka::scan_consumer(bootstrap, "weir-changelog-handover")?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Beginning)?;
+    consumer.assign(&tpl)?;
+    // The last record: whether it is a release, and when it was written.
+    let mut last: Option<(bool, i64)> = None;
+    let mut at_end = false;
+    let mut logged = false;
+    loop {
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(false);
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            None => {}
+            Some(Ok(m)) => {
+                let release = m.key().is_some_and(|k| k.ends_with(b".release"));
+                let at = m
+                    .timestamp()
+                    .to_millis()
+                    .unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
+                last = Some((release, at));
+                at_end = false;
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => at_end = true,
+            Some(Err(e)) => warn!("reading changelog '{topic}': {e} (retrying)"),
+        }
+        if !at_end {
+            continue;
+        }
+        let silent_ms = match last {
+            None | Some((true, _)) => return Ok(true),
+            Some((false, at)) => chrono::Utc::now().timestamp_millis() - at,
+        };
+        if silent_ms >= lease.as_millis() as i64 {
+            tracing::info!(
+                "changelog '{topic}' partition {partition}: the previous owner has written nothing for {} ms and did not release it; taking over",
+                silent_ms
+            );
+            return Ok(true);
+        }
+        if !logged {
+            tracing::info!(
+                "changelog '{topic}' partition {partition}: waiting for the previous owner to release it (or to be silent for {} ms)",
+                lease.as_millis()
+            );
+            logged = true;
+        }
+    }
+}
+
 /// The changelog name for a task's source table.
 pub fn topic_name(group_id: &str, source: &str) -> String {
     format!("{group_id}-{source}-changelog")
@@ -191,6 +259,16 @@ impl Changelog {
     /// Writes checkpoint `meta`'s commit record (its chain in
     /// `meta.changelog`). Once flushed, a restore from the changelog arrives
     /// at `meta`.
+    /// Marks the partition released: its task stopped after a final
+    /// checkpoint, and a next owner need not wait (see [`await_handover`]).
+    pub fn release(&mut self, sink: &Sink, last_checkpoint: u64) -> anyhow::Result<()> {
+        let key = release_key(last_checkpoint, self.run);
+        sink.send_to(&self.topic, self.partition, key.as_bytes(), Some(b""))?;
+        // Compacted away at the next owner's first checkpoint.
+        self.garbage.push(key);
+        sink.flush()
+    }
+
     pub fn commit(&mut self, sink: &Sink, meta: &CheckpointMeta) -> anyhow::Result<()> {
         let value = serde_json::to_vec(meta)?;
         let key = commit_key(meta.id, self.run);

@@ -14,6 +14,7 @@
 //! operator logic (weir-operators).
 
 pub mod changelog;
+pub mod cluster;
 pub mod embedded;
 pub mod generate;
 pub mod kafka;

@@ -29,6 +29,30 @@ struct Cli {
     command: Command,
 }
 
+/// Where a worker cluster keeps its jobs.
+#[derive(clap::Args, Clone)]
+struct ClusterArgs {
+    /// Kafka bootstrap servers of the cluster (host:port,...).
+    #[arg(long, env = "KAFKA_BROKERS")]
+    brokers: String,
+    /// The job registry topic.
+    #[arg(long, default_value = weir::cluster::registry::REGISTRY_TOPIC)]
+    registry_topic: String,
+    /// The topic workers report their status to.
+    #[arg(long, default_value = weir::cluster::status::STATUS_TOPIC)]
+    status_topic: String,
+}
+
+impl ClusterArgs {
+    fn topics(&self) -> weir::cluster::ClusterTopics {
+        weir::cluster::ClusterTopics {
+            brokers: self.brokers.clone(),
+            registry: self.registry_topic.clone(),
+            status: self.status_topic.clone(),
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Plan a pipeline file and run it until Ctrl-C, or until bounded input is consumed.
@@ -51,6 +75,57 @@ enum Command {
     },
     /// Print the dataflow graph of a pipeline file: operators, schemas, state, models.
     Explain { file: PathBuf },
+    /// Run a cluster worker: it follows the job registry and runs its share
+    /// (a task per input partition the job's consumer group gives it) of
+    /// every running job, until Ctrl-C.
+    Worker {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        /// Serve /healthz, /metrics and /api/jobs here (e.g. 0.0.0.0:9464).
+        #[arg(long)]
+        http: Option<std::net::SocketAddr>,
+        /// The worker's name in the cluster (default: host name and process id).
+        #[arg(long)]
+        id: Option<String>,
+        /// Directory for the worker's jobs and task state (default
+        /// ~/.local/state/weir/worker-<id>).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// How long a worker may be silent before its partitions move to
+        /// the others.
+        #[arg(long, default_value_t = 10_000)]
+        session_timeout_ms: u32,
+    },
+    /// Plan a pipeline file and, if it plans, publish it to the cluster's job
+    /// registry; workers start it.
+    Submit {
+        file: PathBuf,
+        /// Job name (default: the pipeline's name).
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+    /// List the cluster's jobs: state, tasks, workers, input lag, output rate.
+    Jobs {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+    /// Show a job: its definition, its plan and where each task runs.
+    Describe {
+        name: String,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+    /// Stop a job: every worker stops its tasks after a final checkpoint.
+    Stop {
+        name: String,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        /// How long to wait for the workers to report it stopped.
+        #[arg(long, default_value_t = 60)]
+        wait_secs: u64,
+    },
     /// Write synthetic data for an example as JSON lines.
     Generate {
         /// Which generator: fraud (card transactions) or fraud-merchants (the
@@ -142,6 +217,71 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if t.transactions > 0 {
                 eprintln!("{} Kafka transactions committed", t.transactions);
             }
+            Ok(())
+        }
+        Command::Worker {
+            cluster,
+            http,
+            id,
+            state_dir,
+            session_timeout_ms,
+        } => {
+            let id = id.unwrap_or_else(|| {
+                let host = std::fs::read_to_string("/etc/hostname")
+                    .ok()
+                    .map(|h| h.trim().to_owned())
+                    .filter(|h| !h.is_empty())
+                    .unwrap_or_else(|| "worker".into());
+                format!("{host}-{}", std::process::id())
+            });
+            let stop = Arc::new(AtomicBool::new(false));
+            let on_signal = stop.clone();
+            ctrlc::set_handler(move || {
+                eprintln!("stopping: checkpointing every task (Ctrl-C again to abort)");
+                if on_signal.swap(true, Ordering::Relaxed) {
+                    std::process::exit(130);
+                }
+            })?;
+            let state_dir = state_dir
+                .unwrap_or_else(|| weir::run::default_state_root().join(format!("worker-{id}")));
+            weir::cluster::worker::run_worker(weir::cluster::worker::WorkerOptions {
+                brokers: cluster.brokers.clone(),
+                id,
+                http,
+                state_dir,
+                registry_topic: cluster.registry_topic.clone(),
+                status_topic: cluster.status_topic.clone(),
+                session_timeout_ms,
+                stop,
+            })
+        }
+        Command::Submit {
+            file,
+            name,
+            cluster,
+        } => {
+            let spec = weir::cluster::submit(&file, name, &cluster.topics())?;
+            eprintln!(
+                "submitted job {} (version {}) to '{}' at {}",
+                spec.name, spec.version, cluster.registry_topic, cluster.brokers
+            );
+            Ok(())
+        }
+        Command::Jobs { cluster } => {
+            print!("{}", weir::cluster::jobs_table(&cluster.topics())?);
+            Ok(())
+        }
+        Command::Describe { name, cluster } => {
+            print!("{}", weir::cluster::describe(&name, &cluster.topics())?);
+            Ok(())
+        }
+        Command::Stop {
+            name,
+            cluster,
+            wait_secs,
+        } => {
+            weir::cluster::stop(&name, &cluster.topics(), Duration::from_secs(wait_secs))?;
+            eprintln!("job {name} stopped");
             Ok(())
         }
         Command::Explain { file } => {

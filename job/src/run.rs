@@ -78,6 +78,9 @@ impl RunSummary {
 }
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Beyond two checkpoint intervals, how long a cluster task's previous owner
+/// may be silent before it is taken for gone.
+const HANDOVER_SLACK: Duration = Duration::from_secs(5);
 
 pub fn run_pipeline(mut loaded: LoadedPipeline, options: RunOptions) -> anyhow::Result<RunSummary> {
     let plan = &mut loaded.plan;
@@ -190,23 +193,6 @@ pub fn run_pipeline(mut loaded: LoadedPipeline, options: RunOptions) -> anyhow::
         printer = Some(spawn_printer(bootstrap, topics, 10, stop.clone())?);
     }
 
-    let checkpoint_interval = Duration::from_millis(
-        plan.setting("checkpoint.interval")
-            .and_then(parse_duration_ms)
-            .unwrap_or(10_000),
-    );
-    let batch_size = plan
-        .setting("execution.batch-size")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(8192);
-    let linger = Duration::from_millis(
-        plan.setting("execution.linger")
-            .and_then(parse_duration_ms)
-            .unwrap_or(20),
-    );
-    let default_idle = plan
-        .setting("table.exec.source.idle-timeout")
-        .and_then(parse_duration_ms);
     let group_id = options
         .group_id
         .clone()
@@ -232,10 +218,6 @@ pub fn run_pipeline(mut loaded: LoadedPipeline, options: RunOptions) -> anyhow::
         }
         (None, None) => default_state_root().join(&group_id),
     };
-    let cache_size = plan
-        .setting("state.cache.size")
-        .and_then(parse_size_bytes)
-        .unwrap_or(256 << 20) as usize;
     info!("state in {}", state_root.display());
     // Changelogs let a run without its state directory (or, later, another
     // worker) rebuild the state. The embedded broker forgets them at exit.
@@ -243,131 +225,41 @@ pub fn run_pipeline(mut loaded: LoadedPipeline, options: RunOptions) -> anyhow::
         Some(v) => v == "true",
         None => embedded.is_none(),
     };
+    let factory = TaskFactory::new(&loaded, group_id.clone(), state_root, changelogs);
 
     let mut handles = Vec::new();
     let mut counters: BTreeMap<String, Arc<TaskCounters>> = BTreeMap::new();
     for (source_index, source) in plan.sources().into_iter().enumerate() {
-        let mut flows = Vec::new();
-        for flow in plan.flows.iter().filter(|f| f.source == source.name) {
-            let sink_table = &plan.tables[&flow.sink];
-            flows.push(FlowRuntime {
-                exactly_once: sink_table.delivery == DeliveryGuarantee::ExactlyOnce,
-                flow: flow.clone(),
-                chain: build_chain(flow, &plan.tables, &loaded.models).with_context(|| {
-                    format!("building flow {} (INSERT INTO {})", flow.index, flow.sink)
-                })?,
-                encoder: match plan.tables[&flow.sink].format {
-                    weir_sql::Format::Raw => {
-                        JsonEncoder::raw(flow.output.clone(), flow.key_columns.clone())
-                    }
-                    weir_sql::Format::Json => {
-                        JsonEncoder::new(flow.output.clone(), flow.key_columns.clone())
-                    }
-                },
-                sink_topic: sink_table.topic.clone(),
-            });
-        }
+        let flows = factory.flows(source)?;
         let sink_tables: Vec<&KafkaTable> =
             flows.iter().map(|f| &plan.tables[&f.flow.sink]).collect();
         let bootstrap = sink_tables[0].bootstrap_servers.clone();
         let sink = if sink_tables.iter().any(|t| t.transactional) {
-            // One transaction holds everything the task writes, so it has a
-            // producer of its own, and its sinks share a cluster.
-            if let Some(other) = sink_tables
-                .iter()
-                .find(|t| t.bootstrap_servers != bootstrap)
-            {
-                bail!(
-                    "table {} uses 'sink.transactional', but source {} also writes to {} on another cluster ({}): one transaction cannot span clusters",
-                    sink_tables
-                        .iter()
-                        .find(|t| t.transactional)
-                        .map(|t| t.name.as_str())
-                        .unwrap_or_default(),
-                    source.name,
-                    other.name,
-                    other.bootstrap_servers
-                );
-            }
-            let mut config = producer_config(&bootstrap, &BTreeMap::new());
-            // A transaction spans a checkpoint interval; the broker caps this
-            // at its transaction.max.timeout.ms (15 min by default).
-            let timeout_ms = (checkpoint_interval.as_millis() * 3).clamp(60_000, 900_000);
-            config.set("transaction.timeout.ms", timeout_ms.to_string());
-            Arc::new(Sink::transactional(
-                &config,
-                &format!("{group_id}-{}-0", source.name),
-            )?)
+            Arc::new(factory.transactional_sink(source, &flows, 0)?)
         } else {
             sinks[&bootstrap].clone()
         };
         let task_counters = Arc::new(TaskCounters::default());
         counters.insert(source.name.clone(), task_counters.clone());
-        let fingerprint = state_fingerprint(source, &flows);
-        let stateful = flows.iter().any(|f| !f.chain.stateful().is_empty());
-        let changelog_topic = if changelogs && stateful {
+        let changelog_topic = if factory.changelogs && TaskFactory::stateful(&flows) {
             let topic = crate::changelog::topic_name(&group_id, &source.name);
             match embedded.as_ref() {
                 Some(b) => b.create_topic(&topic, 1)?,
-                None => ensure_topic_with(
-                    sink.bootstrap(),
-                    &topic,
-                    1,
-                    &[("cleanup.policy", "compact")],
-                    CONNECT_TIMEOUT,
-                )
-                .with_context(|| format!("creating the changelog topic '{topic}'"))?,
+                None => ensure_changelog_topic(sink.bootstrap(), &topic, 1)?,
             }
             Some(topic)
         } else {
             None
         };
-        let lookup_tables: Vec<KafkaTable> = {
-            let mut names: Vec<&str> = flows
-                .iter()
-                .flat_map(|f| &f.flow.stages)
-                .filter_map(|s| match s {
-                    weir_sql::Stage::Lookup(l) => Some(l.table.as_str()),
-                    _ => None,
-                })
-                .collect();
-            names.sort_unstable();
-            names.dedup();
-            names.iter().map(|n| plan.tables[*n].clone()).collect()
-        };
-        let task = SourceTask::new(
-            source.clone(),
+        let task = factory.task(
+            source_index,
+            source,
             flows,
             sink,
+            None,
+            changelog_topic,
             stop.clone(),
-            TaskSettings {
-                source_index: source_index as u16,
-                group_id: format!("{group_id}-{}", source.name),
-                batch_size,
-                linger,
-                checkpoint_interval,
-                // Bounded runs give the same results however fast they run: no
-                // partition is ever idle, each holds the watermark until all end.
-                lookup_tables,
-                idle_timeout: if source.bounded {
-                    None
-                } else {
-                    source
-                        .idle_timeout_ms
-                        .or(default_idle)
-                        .map(Duration::from_millis)
-                },
-            },
             task_counters,
-            TaskState {
-                dir: state_root.join(&source.name),
-                // A quarter of the cache is RocksDB's block cache; the rest
-                // bounds the window operators' in-memory deltas.
-                memory_budget: cache_size - cache_size / 4,
-                cache_bytes: cache_size / 4,
-                fingerprint,
-                changelog_topic,
-            },
         );
         let name = format!("weir-source-{}", source.name);
         handles.push((
@@ -509,7 +401,7 @@ fn spawn_generator(
 
 /// `$XDG_STATE_HOME/weir`, else `~/.local/state/weir`, else a `weir-state`
 /// directory under the system's temporary directory.
-fn default_state_root() -> PathBuf {
+pub fn default_state_root() -> PathBuf {
     if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
         return PathBuf::from(dir).join("weir");
     }
@@ -545,4 +437,232 @@ fn state_fingerprint(source: &KafkaTable, flows: &[FlowRuntime]) -> String {
         }
     }
     h.finalize().to_hex()[..32].to_string()
+}
+
+/// Creates the compacted changelog topic of a source's tasks, one partition
+/// per task, unless it exists; an existing topic must have enough partitions.
+pub fn ensure_changelog_topic(bootstrap: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
+    ensure_topic_with(
+        bootstrap,
+        topic,
+        partitions,
+        &[("cleanup.policy", "compact")],
+        CONNECT_TIMEOUT,
+    )
+    .with_context(|| format!("creating the changelog topic '{topic}'"))?;
+    let have = partition_count(bootstrap, topic, CONNECT_TIMEOUT)?.unwrap_or(0);
+    if have < partitions as usize {
+        bail!(
+            "changelog topic '{topic}' has {have} partitions, the job needs {partitions} (one per task): \
+             was it made by another job of the same name?"
+        );
+    }
+    Ok(())
+}
+
+/// Makes source tasks for a planned pipeline: the settings every task of a
+/// run (or of a cluster job) shares, and the per-task parts (operator chains,
+/// state directory, changelog partition).
+pub struct TaskFactory {
+    plan: weir_sql::PipelinePlan,
+    models: std::collections::HashMap<String, Arc<weir_operators::Model>>,
+    pub group_id: String,
+    pub state_root: PathBuf,
+    pub changelogs: bool,
+    checkpoint_interval: Duration,
+    batch_size: usize,
+    linger: Duration,
+    default_idle: Option<u64>,
+    cache_size: usize,
+}
+
+impl TaskFactory {
+    pub fn new(
+        loaded: &LoadedPipeline,
+        group_id: String,
+        state_root: PathBuf,
+        changelogs: bool,
+    ) -> Self {
+        let plan = &loaded.plan;
+        Self {
+            plan: plan.clone(),
+            models: loaded.models.clone(),
+            group_id,
+            state_root,
+            changelogs,
+            checkpoint_interval: Duration::from_millis(
+                plan.setting("checkpoint.interval")
+                    .and_then(parse_duration_ms)
+                    .unwrap_or(10_000),
+            ),
+            batch_size: plan
+                .setting("execution.batch-size")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(8192),
+            linger: Duration::from_millis(
+                plan.setting("execution.linger")
+                    .and_then(parse_duration_ms)
+                    .unwrap_or(20),
+            ),
+            default_idle: plan
+                .setting("table.exec.source.idle-timeout")
+                .and_then(parse_duration_ms),
+            cache_size: plan
+                .setting("state.cache.size")
+                .and_then(parse_size_bytes)
+                .unwrap_or(256 << 20) as usize,
+        }
+    }
+
+    pub fn plan(&self) -> &weir_sql::PipelinePlan {
+        &self.plan
+    }
+
+    /// The flows reading `source`, each with a freshly built operator chain.
+    pub fn flows(&self, source: &KafkaTable) -> anyhow::Result<Vec<FlowRuntime>> {
+        let plan = &self.plan;
+        let mut flows = Vec::new();
+        for flow in plan.flows.iter().filter(|f| f.source == source.name) {
+            let sink_table = &plan.tables[&flow.sink];
+            flows.push(FlowRuntime {
+                exactly_once: sink_table.delivery == DeliveryGuarantee::ExactlyOnce,
+                flow: flow.clone(),
+                chain: build_chain(flow, &plan.tables, &self.models).with_context(|| {
+                    format!("building flow {} (INSERT INTO {})", flow.index, flow.sink)
+                })?,
+                encoder: match sink_table.format {
+                    weir_sql::Format::Raw => {
+                        JsonEncoder::raw(flow.output.clone(), flow.key_columns.clone())
+                    }
+                    weir_sql::Format::Json => {
+                        JsonEncoder::new(flow.output.clone(), flow.key_columns.clone())
+                    }
+                },
+                sink_topic: sink_table.topic.clone(),
+            });
+        }
+        Ok(flows)
+    }
+
+    pub fn stateful(flows: &[FlowRuntime]) -> bool {
+        flows.iter().any(|f| !f.chain.stateful().is_empty())
+    }
+
+    /// The producer of a task whose sinks are transactional: one transaction
+    /// holds everything the task writes, so the task has a producer of its
+    /// own (`transactional.id` ends in the task number), and its sinks share
+    /// a cluster.
+    pub fn transactional_sink(
+        &self,
+        source: &KafkaTable,
+        flows: &[FlowRuntime],
+        task: i32,
+    ) -> anyhow::Result<Sink> {
+        let sink_tables: Vec<&KafkaTable> = flows
+            .iter()
+            .map(|f| &self.plan.tables[&f.flow.sink])
+            .collect();
+        let bootstrap = sink_tables[0].bootstrap_servers.clone();
+        if let Some(other) = sink_tables
+            .iter()
+            .find(|t| t.bootstrap_servers != bootstrap)
+        {
+            bail!(
+                "table {} uses 'sink.transactional', but source {} also writes to {} on another cluster ({}): one transaction cannot span clusters",
+                sink_tables
+                    .iter()
+                    .find(|t| t.transactional)
+                    .map(|t| t.name.as_str())
+                    .unwrap_or_default(),
+                source.name,
+                other.name,
+                other.bootstrap_servers
+            );
+        }
+        let mut config = producer_config(&bootstrap, &BTreeMap::new());
+        // A transaction spans a checkpoint interval; the broker caps this
+        // at its transaction.max.timeout.ms (15 min by default).
+        let timeout_ms = (self.checkpoint_interval.as_millis() * 3).clamp(60_000, 900_000);
+        config.set("transaction.timeout.ms", timeout_ms.to_string());
+        Sink::transactional(
+            &config,
+            &format!("{}-{}-{task}", self.group_id, source.name),
+        )
+    }
+
+    /// A source task. `partition`: `None` reads every input partition (one
+    /// task per source, `weir run`); `Some(p)` reads partition `p` only, with
+    /// its state in a directory of its own and changelog partition `p`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn task(
+        &self,
+        source_index: usize,
+        source: &KafkaTable,
+        flows: Vec<FlowRuntime>,
+        sink: Arc<Sink>,
+        partition: Option<i32>,
+        changelog_topic: Option<String>,
+        stop: Arc<AtomicBool>,
+        counters: Arc<TaskCounters>,
+    ) -> SourceTask {
+        let fingerprint = state_fingerprint(source, &flows);
+        let lookup_tables: Vec<KafkaTable> = {
+            let mut names: Vec<&str> = flows
+                .iter()
+                .flat_map(|f| &f.flow.stages)
+                .filter_map(|s| match s {
+                    weir_sql::Stage::Lookup(l) => Some(l.table.as_str()),
+                    _ => None,
+                })
+                .collect();
+            names.sort_unstable();
+            names.dedup();
+            names.iter().map(|n| self.plan.tables[*n].clone()).collect()
+        };
+        let dir = match partition {
+            None => self.state_root.join(&source.name),
+            Some(p) => self.state_root.join(format!("{}-{p}", source.name)),
+        };
+        let cache_size = self.cache_size;
+        SourceTask::new(
+            source.clone(),
+            flows,
+            sink,
+            stop,
+            TaskSettings {
+                source_index: source_index as u16,
+                group_id: format!("{}-{}", self.group_id, source.name),
+                batch_size: self.batch_size,
+                linger: self.linger,
+                checkpoint_interval: self.checkpoint_interval,
+                lookup_tables,
+                // Bounded runs give the same results however fast they run: no
+                // partition is ever idle, each holds the watermark until all end.
+                idle_timeout: if source.bounded {
+                    None
+                } else {
+                    source
+                        .idle_timeout_ms
+                        .or(self.default_idle)
+                        .map(Duration::from_millis)
+                },
+                partitions: partition.map(|p| vec![p]),
+            },
+            counters,
+            TaskState {
+                dir,
+                // A quarter of the cache is RocksDB's block cache; the rest
+                // bounds the window operators' in-memory deltas.
+                memory_budget: cache_size - cache_size / 4,
+                cache_bytes: cache_size / 4,
+                fingerprint,
+                changelog_topic,
+                changelog_partition: partition.unwrap_or(0),
+                // A task's owner writes to its changelog at least once per
+                // checkpoint interval; silence for twice that (plus the
+                // time a checkpoint may take) means it is gone.
+                handover_lease: partition.map(|_| self.checkpoint_interval * 2 + HANDOVER_SLACK),
+            },
+        )
+    }
 }

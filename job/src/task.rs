@@ -263,6 +263,8 @@ pub struct TaskCounters {
     pub last_checkpoint_ms: AtomicU64,
     pub last_checkpoint_bytes: AtomicU64,
     pub restore_ms: AtomicU64,
+    /// Per input partition, the next offset to process (lag = end - this).
+    pub positions: Mutex<BTreeMap<i32, i64>>,
 }
 
 pub struct FlowRuntime {
@@ -286,6 +288,13 @@ pub struct TaskState {
     /// The changelog topic (on the sink's cluster), when state changes are
     /// shipped there.
     pub changelog_topic: Option<String>,
+    /// The task's partition of the changelog topic: 0 for a task reading every
+    /// input partition, the input partition for a cluster task.
+    pub changelog_partition: i32,
+    /// Cluster tasks: wait for the partition's previous owner to release it
+    /// (or to be silent this long) before restoring, and release it at a
+    /// graceful stop. See `changelog::await_handover`.
+    pub handover_lease: Option<Duration>,
 }
 
 pub struct TaskSettings {
@@ -298,6 +307,9 @@ pub struct TaskSettings {
     pub idle_timeout: Option<Duration>,
     /// Tables read from compacted topics that this source's flows join.
     pub lookup_tables: Vec<KafkaTable>,
+    /// The input partitions this task reads: all of them (`None`), or a
+    /// cluster task's own.
+    pub partitions: Option<Vec<i32>>,
 }
 
 pub struct SourceTask {
@@ -402,6 +414,15 @@ impl SourceTask {
         if partitions.is_empty() {
             bail!("source topic '{}' does not exist", table.topic);
         }
+        let partitions: Vec<i32> = match &self.settings.partitions {
+            None => partitions,
+            Some(only) => {
+                if let Some(p) = only.iter().find(|p| !partitions.contains(p)) {
+                    bail!("source topic '{}' has no partition {p}", table.topic);
+                }
+                only.clone()
+            }
+        };
         let n_partitions = partitions.iter().copied().max().unwrap_or(0) as usize + 1;
 
         // State: open the store (restoring the newest checkpoint) and hand each
@@ -432,6 +453,21 @@ impl SourceTask {
                 self.state.dir.display()
             );
         }
+        if let (Some(topic), Some(lease)) = (&changelog_topic, self.state.handover_lease)
+            && !changelog::await_handover(
+                self.sink.bootstrap(),
+                topic,
+                self.state.changelog_partition,
+                lease,
+                &self.stop,
+            )?
+        {
+            info!(
+                "source {}: stopped before taking over partition {}",
+                table.name, self.state.changelog_partition
+            );
+            return Ok(());
+        }
         let mut from_changelog = false;
         let mut garbage = Vec::new();
         if let Some(topic) = &changelog_topic {
@@ -440,7 +476,15 @@ impl SourceTask {
             let timeout = Duration::from_secs(600);
             // A local checkpoint: take in what the changelog committed after it.
             if let Some(local) = store.restored().cloned() {
-                match changelog::catch_up(&bootstrap, topic, 0, &store, &local, plan, timeout)? {
+                match changelog::catch_up(
+                    &bootstrap,
+                    topic,
+                    self.state.changelog_partition,
+                    &store,
+                    &local,
+                    plan,
+                    timeout,
+                )? {
                     CatchUp::UpToDate { garbage: g } => garbage = g,
                     CatchUp::Applied(r) => {
                         info!(
@@ -469,7 +513,14 @@ impl SourceTask {
             }
             // No local checkpoint: rebuild the state from the changelog.
             if store.restored().is_none()
-                && let Some(r) = changelog::restore(&bootstrap, topic, 0, &store, plan, timeout)?
+                && let Some(r) = changelog::restore(
+                    &bootstrap,
+                    topic,
+                    self.state.changelog_partition,
+                    &store,
+                    plan,
+                    timeout,
+                )?
             {
                 info!(
                     "source {}: no local state; rebuilt checkpoint {} from changelog '{topic}' ({} records, {} bytes) in {} ms",
@@ -522,7 +573,7 @@ impl SourceTask {
                 .as_ref()
                 .and_then(|m| m.changelog.clone())
                 .unwrap_or_default();
-            let mut cl = Changelog::new(topic, 0, chain, garbage);
+            let mut cl = Changelog::new(topic, self.state.changelog_partition, chain, garbage);
             // A local checkpoint whose changelog was lost (or never written):
             // the next checkpoint ships a full snapshot.
             if restored.is_some()
@@ -707,6 +758,11 @@ impl SourceTask {
             fired_through: fired_from,
             sink_positions,
         };
+        *self
+            .counters
+            .positions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = progress.position.next_offsets().collect();
         // Stateful stages whose rows must stay uncommitted (in the group) until
         // the watermark passes what they need them for.
         let windows: Vec<Hold> = self
@@ -873,6 +929,12 @@ impl SourceTask {
                 for m in &metas {
                     progress.position.processed(m.partition, m.offset);
                 }
+                *self
+                    .counters
+                    .positions
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) =
+                    progress.position.next_offsets().collect();
                 if let Some(cl) = &mut self.changelog {
                     cl.ship_full(&self.sink, &store, progress.next_id)?;
                 }
@@ -907,6 +969,11 @@ impl SourceTask {
             }
         }
         self.checkpoint(&mut store, &consumer, &tracker, &mut progress)?;
+        if self.state.handover_lease.is_some()
+            && let Some(cl) = &mut self.changelog
+        {
+            cl.release(&self.sink, progress.next_id - 1)?;
+        }
         Ok(())
     }
 

@@ -31,6 +31,17 @@ pub struct Model {
     path: PathBuf,
     plan: Plan,
     info: ModelInfo,
+    stats: PredictStats,
+}
+
+/// What a model has scored, across every task sharing it (metrics).
+#[derive(Debug, Default)]
+pub struct PredictStats {
+    /// Runs of the model (one per batch of rows).
+    pub calls: std::sync::atomic::AtomicU64,
+    pub rows: std::sync::atomic::AtomicU64,
+    /// Time spent in runs, in nanoseconds.
+    pub nanos: std::sync::atomic::AtomicU64,
 }
 
 impl fmt::Debug for Model {
@@ -47,11 +58,20 @@ impl Model {
             path: path.to_path_buf(),
             plan,
             info,
+            stats: PredictStats::default(),
         })
     }
 
     pub fn info(&self) -> &ModelInfo {
         &self.info
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn stats(&self) -> &PredictStats {
+        &self.stats
     }
 
     /// Scores `rows` rows of `features` (row-major, `rows * inputs` values).
@@ -60,8 +80,17 @@ impl Model {
         if rows == 0 {
             return Ok(Vec::new());
         }
+        let started = std::time::Instant::now();
         let input = Tensor::from_shape(&[rows, width], &features)?;
         let outputs = self.plan.run(tvec!(input.into()))?;
+        {
+            use std::sync::atomic::Ordering::Relaxed;
+            self.stats.calls.fetch_add(1, Relaxed);
+            self.stats.rows.fetch_add(rows as u64, Relaxed);
+            self.stats
+                .nanos
+                .fetch_add(started.elapsed().as_nanos() as u64, Relaxed);
+        }
         let out = outputs[0].cast_to::<f32>()?;
         let view = out.to_plain_array_view::<f32>()?;
         let shape = view.shape().to_vec();

@@ -1,0 +1,303 @@
+//! The worker cluster: Kafka is the coordinator, weir adds no consensus of
+//! its own.
+//!
+//! - `registry.rs`: the job registry topic (`weir submit`, `weir stop`).
+//! - `worker.rs`: `weir worker`: follows the registry; per job, a consumer in
+//!   the job's group (cooperative-sticky) decides which partitions the worker
+//!   owns, and each owned partition runs as a source task of its own.
+//! - `status.rs`: what workers report (status topic, `/api/jobs`).
+//! - `http.rs`: `/healthz`, `/metrics`, `/api/jobs`.
+//!
+//! This file: the client commands (`submit`, `jobs`, `describe`, `stop`).
+
+pub mod http;
+pub mod registry;
+pub mod status;
+pub mod worker;
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+
+use crate::embedded::EMBEDDED;
+use crate::load::load_pipeline;
+use registry::{JobSpec, JobState, job_files, publish, read_registry, set_state};
+use status::{WorkerStatus, read_statuses};
+
+/// Where the cluster's shared topics are.
+#[derive(Debug, Clone)]
+pub struct ClusterTopics {
+    pub brokers: String,
+    pub registry: String,
+    pub status: String,
+}
+
+/// Plans `file` locally (bad SQL, a missing model or a model that does not
+/// fit its features fail here, and nothing is published), then publishes it
+/// as job `name` (default: the pipeline's name).
+pub fn submit(
+    file: &Path,
+    name: Option<String>,
+    topics: &ClusterTopics,
+) -> anyhow::Result<JobSpec> {
+    // The variables the SQL uses, as resolved here; KAFKA_BROKERS defaults to
+    // the cluster the job is submitted to.
+    let used: RefCell<BTreeMap<String, String>> = RefCell::new(BTreeMap::new());
+    let env = |var: &str| {
+        let value = std::env::var(var)
+            .ok()
+            .or_else(|| (var == "KAFKA_BROKERS").then(|| topics.brokers.clone()));
+        if let Some(v) = &value {
+            used.borrow_mut().insert(var.to_owned(), v.clone());
+        }
+        value
+    };
+    let loaded = load_pipeline(file, &env)?;
+    let plan = &loaded.plan;
+    if let Some(t) = plan
+        .tables
+        .values()
+        .find(|t| t.bootstrap_servers == EMBEDDED)
+    {
+        bail!(
+            "table {} reads the embedded broker, which exists only inside one `weir run`: \
+             set KAFKA_BROKERS (or its 'properties.bootstrap.servers') to the cluster's brokers",
+            t.name
+        );
+    }
+    let mut topics_read = BTreeMap::new();
+    for s in plan.sources() {
+        if let Some(other) = topics_read.insert(s.topic.clone(), s.name.clone()) {
+            bail!(
+                "tables {other} and {} both read topic '{}' as a stream: a cluster job reads a topic once",
+                s.name,
+                s.topic
+            );
+        }
+    }
+    check_keys(file, plan)?;
+    let name = name.unwrap_or_else(|| plan.name.clone());
+    if name.is_empty() || name.contains('/') || name.chars().any(char::is_whitespace) {
+        bail!("'{name}' is not a job name: use letters, digits, '-', '_' or '.'");
+    }
+    let models: Vec<_> = plan.models.values().map(|m| m.path.clone()).collect();
+    let files = job_files(file, &models)?;
+    let sql =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let now = chrono::Utc::now().timestamp_millis();
+    let spec = JobSpec {
+        name,
+        version: format!("{now}-{:08x}", rand::random::<u32>()),
+        state: JobState::Running,
+        sql_file: file
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("pipeline.sql")
+            .to_owned(),
+        sql,
+        env: used.into_inner(),
+        files: Vec::new(),
+        submitted_at_ms: now,
+    };
+    publish(&topics.brokers, &topics.registry, spec, &files)
+}
+
+/// Marks a job stopped, then waits (up to `wait`) until no worker reports
+/// tasks of it.
+pub fn stop(name: &str, topics: &ClusterTopics, wait: Duration) -> anyhow::Result<()> {
+    set_state(&topics.brokers, &topics.registry, name, JobState::Stopped)?;
+    let deadline = Instant::now() + wait;
+    loop {
+        let running: Vec<String> = read_statuses(&topics.brokers, &topics.status)?
+            .into_iter()
+            .filter(|w| w.jobs.iter().any(|j| j.name == name))
+            .map(|w| w.worker)
+            .collect();
+        if running.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "job {name} is marked stopped, but workers {} still report it after {}s",
+                running.join(", "),
+                wait.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// `weir jobs`: one line per job in the registry.
+pub fn jobs_table(topics: &ClusterTopics) -> anyhow::Result<String> {
+    let registry = read_registry(&topics.brokers, &topics.registry)?;
+    let workers = read_statuses(&topics.brokers, &topics.status)?;
+    let mut out = String::new();
+    writeln!(
+        out,
+        "{:<24} {:<9} {:>5} {:>7} {:>10} {:>10}",
+        "NAME", "STATE", "TASKS", "WORKERS", "INPUT LAG", "OUT/S"
+    )?;
+    for (name, spec) in &registry.jobs {
+        let reports: Vec<(&WorkerStatus, &status::JobStatus)> = workers
+            .iter()
+            .filter_map(|w| w.jobs.iter().find(|j| &j.name == name).map(|j| (w, j)))
+            .collect();
+        let tasks: usize = reports.iter().map(|(_, j)| j.tasks.len()).sum();
+        let lag: i64 = reports
+            .iter()
+            .flat_map(|(_, j)| &j.tasks)
+            .filter_map(|t| t.lag())
+            .sum();
+        let rate: f64 = reports.iter().map(|(_, j)| j.records_out_per_s).sum();
+        let state = match spec.state {
+            JobState::Stopped => "stopped",
+            JobState::Running if reports.is_empty() => "pending",
+            JobState::Running if reports.iter().any(|(_, j)| j.state == "failed") => "failed",
+            JobState::Running if reports.iter().all(|(_, j)| j.state == "finished") => "finished",
+            JobState::Running => "running",
+        };
+        writeln!(
+            out,
+            "{:<24} {:<9} {:>5} {:>7} {:>10} {:>10.0}",
+            name,
+            state,
+            tasks,
+            reports.len(),
+            lag,
+            rate
+        )?;
+    }
+    Ok(out)
+}
+
+/// `weir describe NAME`: the job's definition, its plan, and where each task runs.
+pub fn describe(name: &str, topics: &ClusterTopics) -> anyhow::Result<String> {
+    let registry = read_registry(&topics.brokers, &topics.registry)?;
+    let spec = registry.jobs.get(name).with_context(|| {
+        format!(
+            "no job named '{name}' in the registry '{}'",
+            topics.registry
+        )
+    })?;
+    let mut out = String::new();
+    writeln!(out, "job {name}")?;
+    writeln!(out, "  state      {:?}", spec.state)?;
+    writeln!(out, "  version    {}", spec.version)?;
+    writeln!(
+        out,
+        "  submitted  {}",
+        chrono::DateTime::from_timestamp_millis(spec.submitted_at_ms)
+            .map(|t| t.to_rfc3339())
+            .unwrap_or_default()
+    )?;
+    writeln!(out, "  group      {}", spec.group_id())?;
+    for f in &spec.files {
+        writeln!(out, "  file       {} ({} bytes)", f.path, f.bytes)?;
+    }
+    for (k, v) in &spec.env {
+        writeln!(out, "  ${{{k}}}     {v}")?;
+    }
+    let dir = tempfile::tempdir()?;
+    match worker::materialize(&registry, spec, dir.path()) {
+        Ok(loaded) => {
+            writeln!(out)?;
+            write!(out, "{}", loaded.plan)?;
+        }
+        Err(e) => writeln!(out, "\n(the plan could not be made here: {e:#})")?,
+    }
+    writeln!(out)?;
+    writeln!(
+        out,
+        "{:<20} {:<24} {:>9} {:<9} {:>10} {:>10} {:>9} {:>11}",
+        "TASK", "WORKER", "PARTITION", "STATE", "IN", "OUT", "LAG", "CHECKPOINTS"
+    )?;
+    let mut rows = Vec::new();
+    for w in read_statuses(&topics.brokers, &topics.status)? {
+        for j in w.jobs.iter().filter(|j| j.name == name) {
+            for t in &j.tasks {
+                rows.push((t.source.clone(), t.partition, w.worker.clone(), t.clone()));
+            }
+        }
+    }
+    rows.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    for (source, p, worker, t) in rows {
+        writeln!(
+            out,
+            "{:<20} {:<24} {:>9} {:<9} {:>10} {:>10} {:>9} {:>11}",
+            format!("{source}[{p}]"),
+            worker,
+            p,
+            t.state,
+            t.records_in,
+            t.records_out,
+            t.lag().map(|l| l.to_string()).unwrap_or_else(|| "-".into()),
+            t.checkpoints
+        )?;
+    }
+    Ok(out)
+}
+
+/// A cluster task sees one input partition, so keyed state (window groups,
+/// OVER and SESSION partitions) is only whole when the key includes the
+/// partition key. A source that declares its key (`'key.fields'`) is checked
+/// here; one that does not is taken to be keyed by what its stages group by.
+/// A repartition topic for other keys is not built yet, so such a job is
+/// refused rather than run with each key's state split over tasks.
+fn check_keys(file: &Path, plan: &weir_sql::PipelinePlan) -> anyhow::Result<()> {
+    use weir_sql::Stage;
+    for flow in &plan.flows {
+        let source = &plan.tables[&flow.source];
+        if source.key_fields.is_empty() {
+            continue;
+        }
+        for stage in &flow.stages {
+            let keys: Vec<&datafusion::prelude::Expr> = match stage {
+                Stage::WindowAggregate(w) if !w.partition_by.is_empty() => {
+                    w.partition_by.iter().collect()
+                }
+                Stage::WindowAggregate(w) => w
+                    .group
+                    .iter()
+                    .filter_map(|g| match g {
+                        weir_sql::GroupKey::Expr(e) => Some(e),
+                        _ => None,
+                    })
+                    .collect(),
+                Stage::Over(o) => o.partition_by.iter().collect(),
+                _ => continue,
+            };
+            let names: Vec<&str> = keys
+                .iter()
+                .filter_map(|e| match e {
+                    datafusion::prelude::Expr::Column(c) => Some(c.name.as_str()),
+                    _ => None,
+                })
+                .collect();
+            if let Some(k) = source
+                .key_fields
+                .iter()
+                .find(|k| !names.contains(&k.value.as_str()))
+            {
+                bail!(
+                    "{}:{}:{}: INSERT INTO {} keeps state by ({}), which does not include {}, a key field of source {} \
+                     (its 'key.fields' at line {}): in a cluster each task sees one input partition, so this \
+                     needs a repartition topic, which weir does not build yet. Group by the source's key \
+                     fields too, or run the file with `weir run`",
+                    file.display(),
+                    flow.pos.line,
+                    flow.pos.column,
+                    flow.sink,
+                    names.join(", "),
+                    k.value,
+                    source.name,
+                    k.pos.line
+                );
+            }
+        }
+    }
+    Ok(())
+}

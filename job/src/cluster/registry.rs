@@ -1,0 +1,377 @@
+//! The job registry: a compacted topic (one partition) that every worker
+//! follows, holding each job's definition: its SQL text, the bytes of the
+//! files it reads (models), the variables its `${VAR}`s resolved to, and
+//! whether it should run.
+//!
+//! ```text
+//! key  job/<name>                           value  JobSpec (JSON); the newest record wins
+//! key  file/<name>/<version>/<file>/<chunk> value  raw bytes (≤ 512 KiB per record)
+//! ```
+//!
+//! A submit writes a version's file chunks first, then its spec, so a reader
+//! that has seen a spec has seen its chunks (one partition keeps the order).
+//! The chunks of a version a newer submit replaced are tombstoned by it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use rdkafka::consumer::Consumer;
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+
+use crate::kafka::{WeirConsumer, ensure_topic_with, producer_config, scan_consumer};
+use crate::task::Sink;
+
+/// The default registry topic.
+pub const REGISTRY_TOPIC: &str = "weir-jobs";
+/// Largest file chunk: under Kafka's default `max.message.bytes` (1 MiB).
+pub const CHUNK_BYTES: usize = 512 << 10;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    Running,
+    Stopped,
+}
+
+/// A file a job reads (a model), shipped in the registry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobFile {
+    /// Where the job's SQL expects it, relative to the SQL file.
+    pub path: String,
+    pub bytes: u64,
+    pub chunks: u32,
+    /// BLAKE3 of the contents, checked when a worker puts the file together.
+    pub blake3: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSpec {
+    pub name: String,
+    /// Changes with every submit; workers restart a job whose version changed.
+    pub version: String,
+    pub state: JobState,
+    /// The SQL file's name (positions in errors are reported against it).
+    pub sql_file: String,
+    pub sql: String,
+    /// The `${VAR}`s of the SQL and what they resolved to at submit.
+    pub env: BTreeMap<String, String>,
+    pub files: Vec<JobFile>,
+    pub submitted_at_ms: i64,
+}
+
+impl JobSpec {
+    /// The consumer group and the prefix of the job's topics and state.
+    pub fn group_id(&self) -> String {
+        format!("weir-job-{}", self.name)
+    }
+}
+
+pub fn job_key(name: &str) -> String {
+    format!("job/{name}")
+}
+
+fn chunk_key(name: &str, version: &str, file: usize, chunk: u32) -> String {
+    format!("file/{name}/{version}/{file}/{chunk}")
+}
+
+/// What the registry held when it was read.
+#[derive(Debug, Default)]
+pub struct Registry {
+    pub jobs: BTreeMap<String, JobSpec>,
+    chunks: BTreeMap<String, Vec<u8>>,
+}
+
+impl Registry {
+    /// Takes in one registry record.
+    pub fn apply(&mut self, key: &[u8], value: Option<&[u8]>) {
+        let Ok(key) = std::str::from_utf8(key) else {
+            return;
+        };
+        if let Some(name) = key.strip_prefix("job/") {
+            match value.map(serde_json::from_slice::<JobSpec>) {
+                Some(Ok(spec)) => {
+                    self.jobs.insert(name.to_owned(), spec);
+                }
+                Some(Err(e)) => tracing::warn!("job registry: unreadable record for {key}: {e}"),
+                None => {
+                    self.jobs.remove(name);
+                }
+            }
+        } else if key.starts_with("file/") {
+            match value {
+                Some(v) => {
+                    self.chunks.insert(key.to_owned(), v.to_vec());
+                }
+                None => {
+                    self.chunks.remove(key);
+                }
+            }
+        }
+    }
+
+    /// A job's file, put together from its chunks and checked.
+    pub fn file(&self, spec: &JobSpec, index: usize) -> anyhow::Result<Vec<u8>> {
+        let f = &spec.files[index];
+        let mut bytes = Vec::with_capacity(f.bytes as usize);
+        for c in 0..f.chunks {
+            let key = chunk_key(&spec.name, &spec.version, index, c);
+            let chunk = self.chunks.get(&key).with_context(|| {
+                format!(
+                    "job {}: chunk {c} of {} is missing from the registry",
+                    spec.name, f.path
+                )
+            })?;
+            bytes.extend_from_slice(chunk);
+        }
+        if blake3::hash(&bytes).to_hex().as_str() != f.blake3 {
+            bail!("job {}: {} does not match its checksum", spec.name, f.path);
+        }
+        Ok(bytes)
+    }
+
+    /// Keys of chunks that belong to no current version of any job.
+    fn orphan_chunks(&self) -> Vec<String> {
+        self.chunks
+            .keys()
+            .filter(|k| {
+                let mut parts = k.splitn(4, '/');
+                let (_, name, version) = (parts.next(), parts.next(), parts.next());
+                match (name, version) {
+                    (Some(n), Some(v)) => self.jobs.get(n).is_none_or(|j| j.version != v),
+                    _ => true,
+                }
+            })
+            .cloned()
+            .collect()
+    }
+}
+
+/// Creates the registry topic (compacted, one partition) unless it exists.
+pub fn ensure_registry(bootstrap: &str, topic: &str) -> anyhow::Result<()> {
+    ensure_topic_with(
+        bootstrap,
+        topic,
+        1,
+        &[("cleanup.policy", "compact")],
+        Duration::from_secs(10),
+    )
+    .with_context(|| format!("creating the job registry topic '{topic}'"))
+}
+
+/// Follows the registry topic from its beginning.
+pub struct RegistryReader {
+    consumer: WeirConsumer,
+    pub registry: Registry,
+    /// Whether the reader has reached the end of the topic once.
+    pub caught_up: bool,
+}
+
+impl RegistryReader {
+    pub fn open(bootstrap: &str, topic: &str) -> anyhow::Result<Self> {
+        ensure_registry(bootstrap, topic)?;
+        let consumer = scan_consumer(bootstrap, "weir-registry-reader")?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, 0, Offset::Beginning)?;
+        consumer.assign(&tpl)?;
+        Ok(Self {
+            consumer,
+            registry: Registry::default(),
+            caught_up: false,
+        })
+    }
+
+    /// Takes in what arrived within `timeout`; true if anything did.
+    pub fn poll(&mut self, timeout: Duration) -> bool {
+        let mut changed = false;
+        let mut wait = timeout;
+        loop {
+            match self.consumer.poll(wait) {
+                None => return changed,
+                Some(Ok(m)) => {
+                    self.registry
+                        .apply(m.key().unwrap_or_default(), m.payload());
+                    changed = true;
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => {
+                    self.caught_up = true;
+                    return changed;
+                }
+                Some(Err(e)) => {
+                    tracing::warn!("reading the job registry: {e}");
+                    return changed;
+                }
+            }
+            wait = Duration::ZERO;
+        }
+    }
+
+    /// Reads until the end of the topic.
+    pub fn read_to_end(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        while !self.caught_up {
+            if Instant::now() > deadline {
+                bail!(
+                    "the job registry could not be read to its end within {}s",
+                    timeout.as_secs()
+                );
+            }
+            self.poll(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+}
+
+/// Reads the whole registry once.
+pub fn read_registry(bootstrap: &str, topic: &str) -> anyhow::Result<Registry> {
+    let mut r = RegistryReader::open(bootstrap, topic)?;
+    r.read_to_end(Duration::from_secs(30))?;
+    Ok(r.registry)
+}
+
+/// The files a submit ships: each model, by its path relative to the SQL
+/// file's directory. A model outside that directory cannot be placed the same
+/// way on a worker and is refused.
+pub fn job_files(sql_path: &Path, models: &[PathBuf]) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    let dir = sql_path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("resolving {}", dir.display()))?;
+    let mut files = Vec::new();
+    for m in models {
+        let abs = m
+            .canonicalize()
+            .with_context(|| format!("resolving {}", m.display()))?;
+        let rel = abs.strip_prefix(&dir).map_err(|_| {
+            anyhow::anyhow!(
+                "model {} is outside the pipeline's directory {}: a cluster job ships its models \
+                 beside its SQL file, so give it a path under that directory",
+                m.display(),
+                dir.display()
+            )
+        })?;
+        let rel = rel
+            .to_str()
+            .with_context(|| format!("model path {} is not UTF-8", rel.display()))?
+            .to_owned();
+        let bytes = std::fs::read(&abs).with_context(|| format!("reading {}", abs.display()))?;
+        files.push((rel, bytes));
+    }
+    Ok(files)
+}
+
+/// Publishes a job version (files, then the spec) and tombstones the chunks
+/// of versions it replaces.
+pub fn publish(
+    bootstrap: &str,
+    topic: &str,
+    mut spec: JobSpec,
+    files: &[(String, Vec<u8>)],
+) -> anyhow::Result<JobSpec> {
+    let previous = read_registry(bootstrap, topic)?;
+    let sink = Sink::new(&producer_config(bootstrap, &BTreeMap::new()))?;
+    spec.files.clear();
+    for (i, (path, bytes)) in files.iter().enumerate() {
+        let chunks: Vec<&[u8]> = if bytes.is_empty() {
+            vec![&[][..]]
+        } else {
+            bytes.chunks(CHUNK_BYTES).collect()
+        };
+        for (c, chunk) in chunks.iter().enumerate() {
+            let key = chunk_key(&spec.name, &spec.version, i, c as u32);
+            sink.send_to(topic, 0, key.as_bytes(), Some(chunk))?;
+        }
+        spec.files.push(JobFile {
+            path: path.clone(),
+            bytes: bytes.len() as u64,
+            chunks: chunks.len() as u32,
+            blake3: blake3::hash(bytes).to_hex().to_string(),
+        });
+    }
+    write_spec(&sink, topic, &spec)?;
+    // Chunks of the replaced version (and any left by an interrupted submit).
+    let mut after = previous;
+    after.jobs.insert(spec.name.clone(), spec.clone());
+    for key in after.orphan_chunks() {
+        if key.starts_with(&format!("file/{}/", spec.name)) {
+            sink.send_to(topic, 0, key.as_bytes(), None)?;
+        }
+    }
+    sink.flush()?;
+    Ok(spec)
+}
+
+fn write_spec(sink: &Sink, topic: &str, spec: &JobSpec) -> anyhow::Result<()> {
+    let value = serde_json::to_vec(spec)?;
+    sink.send_to(topic, 0, job_key(&spec.name).as_bytes(), Some(&value))
+}
+
+/// Marks a job stopped (every worker stops its tasks after a final checkpoint).
+pub fn set_state(bootstrap: &str, topic: &str, name: &str, state: JobState) -> anyhow::Result<()> {
+    let registry = read_registry(bootstrap, topic)?;
+    let Some(spec) = registry.jobs.get(name) else {
+        let known: Vec<&str> = registry.jobs.keys().map(String::as_str).collect();
+        bail!(
+            "no job named '{name}' in the registry '{topic}' (jobs: {})",
+            if known.is_empty() {
+                "none".to_owned()
+            } else {
+                known.join(", ")
+            }
+        );
+    };
+    let mut spec = spec.clone();
+    spec.state = state;
+    let sink = Sink::new(&producer_config(bootstrap, &BTreeMap::new()))?;
+    write_spec(&sink, topic, &spec)?;
+    sink.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(version: &str) -> JobSpec {
+        JobSpec {
+            name: "j".into(),
+            version: version.into(),
+            state: JobState::Running,
+            sql_file: "p.sql".into(),
+            sql: "".into(),
+            env: BTreeMap::new(),
+            files: vec![JobFile {
+                path: "m.onnx".into(),
+                bytes: 5,
+                chunks: 2,
+                blake3: blake3::hash(b"hello").to_hex().to_string(),
+            }],
+            submitted_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn files_come_back_from_chunks_and_are_checked() {
+        let mut r = Registry::default();
+        r.apply(b"file/j/v1/0/0", Some(b"hel"));
+        r.apply(b"file/j/v1/0/1", Some(b"lo"));
+        let s = spec("v1");
+        r.apply(b"job/j", Some(&serde_json::to_vec(&s).unwrap()));
+        assert_eq!(r.file(&s, 0).unwrap(), b"hello");
+        assert!(r.orphan_chunks().is_empty());
+        // A corrupted chunk is refused.
+        r.apply(b"file/j/v1/0/1", Some(b"lp"));
+        assert!(r.file(&s, 0).is_err());
+        // A newer version leaves the older chunks orphaned; a tombstone drops a job.
+        r.apply(b"job/j", Some(&serde_json::to_vec(&spec("v2")).unwrap()));
+        assert_eq!(r.orphan_chunks().len(), 2);
+        r.apply(b"job/j", None);
+        assert!(r.jobs.is_empty());
+    }
+}

@@ -1,0 +1,517 @@
+//! The worker cluster, as separate processes against tansu over TCP.
+//!
+//! Three `weir worker`s run the fraud window pipeline (HOP features +
+//! predict, exactly-once sink) over a 6-partition topic. A bad submit
+//! publishes nothing. Halfway through the input a fourth worker joins
+//! (partitions move to it, visible in its `/api/jobs`); then, with input still
+//! arriving, one of the first three is killed with SIGKILL, and its partitions
+//! move to the others, which rebuild their state from the changelog. At the
+//! end every (card, window) result must be there exactly once and equal what
+//! one `weir run` process computes over the same input (floating-point
+//! aggregates to 1e-9 relative: where checkpoints split a pane's sums
+//! differs). `weir stop` then stops the job on every worker.
+//!
+//! The job's source is unbounded: each partition ends with a sentinel event a
+//! day later, whose watermark fires every window of the real events.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use weir::cluster::registry::{REGISTRY_TOPIC, read_registry};
+use weir::cluster::status::WorkerStatus;
+use weir::generate::FraudGenerator;
+use weir_tests::{
+    Record, Tansu, create_topic, produce_unbatched, read_all, wait_for, workspace_root,
+};
+
+const EVENTS: usize = 40_000;
+const PARTITIONS: i32 = 6;
+
+fn weir_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binaries sit in target/<profile>/deps")
+        .join("weir");
+    assert!(
+        bin.exists(),
+        "the weir binary is not built at {}",
+        bin.display()
+    );
+    bin
+}
+
+const SQL: &str = r#"
+SET 'pipeline.name' = 'fraud-cluster';
+SET 'checkpoint.interval' = '1s';
+
+CREATE TABLE transactions (
+  card_id  TEXT,
+  merchant TEXT,
+  amount   DOUBLE,
+  ts       TIMESTAMP(3),
+  WATERMARK FOR ts AS ts - INTERVAL '5' SECOND
+) WITH (
+  'connector' = 'kafka',
+  'topic' = 'transactions',
+  'format' = 'json',
+  'properties.bootstrap.servers' = '${KAFKA_BROKERS}',
+  'scan.startup.mode' = 'earliest-offset',
+  'scan.bounded.mode' = '${BOUNDED}',
+  'key.fields' = 'card_id',
+  'dead-letter.topic' = 'transactions-dlq'
+);
+
+CREATE TABLE card_scores WITH (
+  'connector' = 'kafka',
+  'topic' = '${SINK}',
+  'format' = 'json',
+  'properties.bootstrap.servers' = '${KAFKA_BROKERS}',
+  'key.fields' = 'card_id',
+  'sink.delivery-guarantee' = 'exactly-once'
+);
+
+CREATE MODEL fraud WITH ('path' = 'fraud.onnx');
+
+CREATE VIEW card_features AS
+SELECT card_id, window_start, window_end,
+       count(*)                 AS n,
+       avg(amount)              AS avg_amount,
+       max(amount)              AS max_amount,
+       stddev_pop(amount)       AS sd_amount,
+       count(DISTINCT merchant) AS n_merchants
+FROM TABLE(HOP(TABLE transactions, DESCRIPTOR(ts), INTERVAL '1' MINUTE, INTERVAL '10' MINUTE))
+GROUP BY card_id, window_start, window_end;
+
+INSERT INTO card_scores
+SELECT card_id, window_end, n, avg_amount, max_amount, n_merchants,
+       predict(fraud, n, avg_amount, max_amount, sd_amount, n_merchants) AS p_fraud
+FROM card_features;
+"#;
+
+/// A `weir worker` process with its HTTP API.
+struct Worker {
+    id: String,
+    child: Child,
+    http: String,
+    log: PathBuf,
+}
+
+impl Worker {
+    fn start(brokers: &str, dir: &Path, n: usize) -> Worker {
+        let id = format!("w{n}");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let http = format!("127.0.0.1:{port}");
+        let log = dir.join(format!("{id}.log"));
+        let child = Command::new(weir_binary())
+            .args([
+                "worker",
+                "--brokers",
+                brokers,
+                "--id",
+                &id,
+                "--http",
+                &http,
+                "--session-timeout-ms",
+                "6000",
+                "--state-dir",
+            ])
+            .arg(dir.join(&id))
+            .env("WEIR_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("a log file"))
+            .spawn()
+            .expect("weir worker starts");
+        Worker {
+            id,
+            child,
+            http,
+            log,
+        }
+    }
+
+    /// The worker's `/api/jobs`, if it answers.
+    fn status(&self) -> Option<WorkerStatus> {
+        serde_json::from_str(&http_get(&self.http, "/api/jobs")?).ok()
+    }
+
+    fn tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn http_get(addr: &str, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
+}
+
+/// Tasks of the job per worker: (worker id, partitions, input offsets
+/// processed: a task that took over a partition counts from its start).
+fn tasks(workers: &[&Worker]) -> Vec<(String, Vec<i32>, u64)> {
+    workers
+        .iter()
+        .filter_map(|w| w.status().map(|s| (w.id.clone(), s)))
+        .map(|(id, s)| {
+            let tasks: Vec<_> = s.jobs.iter().flat_map(|j| &j.tasks).collect();
+            (
+                id,
+                tasks.iter().map(|t| t.partition).collect(),
+                tasks.iter().map(|t| t.position.unwrap_or(0) as u64).sum(),
+            )
+        })
+        .collect()
+}
+
+fn input() -> (Vec<Record>, Vec<Record>) {
+    let start = 1_767_225_600_000;
+    let mut g = FraudGenerator::new(23, 2_000, start, 20);
+    let mut events = Vec::with_capacity(EVENTS);
+    let mut last = start;
+    for _ in 0..EVENTS {
+        let e = g.next_event();
+        last = last.max(e.ts_ms);
+        events.push(Record {
+            key: Some(format!("card-{:06}", e.card).into_bytes()),
+            ..Record::value(e.to_json())
+        });
+    }
+    // One event per partition a day after the rest: its watermark fires every
+    // window the real events opened.
+    let later = weir::generate::fmt_ts(last + 86_400_000);
+    let sentinels = (0..PARTITIONS)
+        .map(|p| Record {
+            key: Some(format!("sentinel-{p}").into_bytes()),
+            partition: Some(p),
+            ..Record::value(format!(
+                r#"{{"card_id": "sentinel-{p}", "merchant": "m", "amount": 1.0, "ts": "{later}"}}"#
+            ))
+        })
+        .collect();
+    (events, sentinels)
+}
+
+type Results = BTreeMap<(String, String), Vec<serde_json::Value>>;
+
+/// Window results by (card, window end); sentinel cards left out.
+fn results(brokers: &str, topic: &str) -> Results {
+    let mut out = Results::new();
+    for r in read_all(brokers, topic, Duration::from_secs(60)).expect("the output is read") {
+        let v: serde_json::Value = serde_json::from_slice(&r.value).expect("JSON output");
+        let card = v["card_id"].as_str().expect("card_id").to_owned();
+        if card.starts_with("sentinel") {
+            continue;
+        }
+        let end = v["window_end"].to_string();
+        let mut v = v;
+        v["@offset"] = r.offset.into();
+        out.entry((card, end)).or_default().push(v);
+    }
+    out
+}
+
+fn close(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    match (a.as_f64(), b.as_f64()) {
+        (Some(x), Some(y)) => x == y || (x - y).abs() <= 1e-9 * x.abs().max(y.abs()),
+        _ => a == b,
+    }
+}
+
+#[test]
+fn workers_share_a_job_survive_a_kill_and_write_each_result_once() {
+    let broker = Tansu::start().expect("tansu starts");
+    let b = broker.brokers.clone();
+    create_topic(&b, "transactions", PARTITIONS).expect("the input topic");
+    let (events, sentinels) = input();
+    let half = EVENTS / 2;
+    produce_unbatched(&b, "transactions", &events[..half]).expect("the first half");
+
+    let tmp = tempfile::tempdir().expect("a temporary directory");
+    let dir_path = tmp.path().to_owned();
+    // WEIR_CLUSTER_KEEP=1 keeps the workers' logs and state for a look.
+    let _tmp = if std::env::var_os("WEIR_CLUSTER_KEEP").is_some() {
+        eprintln!("keeping {}", tmp.keep().display());
+        None
+    } else {
+        Some(tmp)
+    };
+    let sql = dir_path.as_path().join("fraud-cluster.sql");
+    std::fs::write(&sql, SQL).expect("the pipeline file");
+    std::fs::copy(
+        workspace_root().join("examples/fraud/fraud.onnx"),
+        dir_path.as_path().join("fraud.onnx"),
+    )
+    .expect("the model");
+    let weir = |args: &[&str], env: &[(&str, &str)]| {
+        let mut c = Command::new(weir_binary());
+        c.args(args)
+            .env("KAFKA_BROKERS", &b)
+            .env("WEIR_LOG", "warn");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().expect("weir runs")
+    };
+    let job_env = [("SINK", "card-scores"), ("BOUNDED", "unbounded")];
+
+    // A submit that does not plan publishes nothing.
+    let bad = dir_path.as_path().join("bad.sql");
+    std::fs::write(&bad, SQL.replace("avg(amount)", "avg(amout)")).expect("bad.sql");
+    let out = weir(
+        &["submit", bad.to_str().unwrap(), "--brokers", &b],
+        &job_env,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a bad submit fails: {stderr}");
+    assert!(
+        stderr.contains("bad.sql:") && stderr.contains("amout"),
+        "the error names the file, position and column: {stderr}"
+    );
+    assert!(
+        read_registry(&b, REGISTRY_TOPIC)
+            .expect("the registry is read")
+            .jobs
+            .is_empty(),
+        "a bad submit publishes nothing"
+    );
+
+    // So does one whose state is keyed by other than the input's key: each
+    // task sees one partition (a repartition topic is not built yet).
+    let by_merchant = dir_path.as_path().join("by-merchant.sql");
+    std::fs::write(
+        &by_merchant,
+        SQL.replace(
+            "SELECT card_id, window_start",
+            "SELECT merchant AS card_id, window_start",
+        )
+        .replace("GROUP BY card_id,", "GROUP BY merchant,"),
+    )
+    .expect("by-merchant.sql");
+    let out = weir(
+        &["submit", by_merchant.to_str().unwrap(), "--brokers", &b],
+        &job_env,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains("by-merchant.sql:")
+            && stderr.contains("repartition"),
+        "a job keyed off the input's key is refused: {stderr}"
+    );
+    assert!(
+        read_registry(&b, REGISTRY_TOPIC)
+            .expect("the registry is read")
+            .jobs
+            .is_empty(),
+        "a refused submit publishes nothing"
+    );
+
+    let mut w1 = Worker::start(&b, dir_path.as_path(), 1);
+    let w2 = Worker::start(&b, dir_path.as_path(), 2);
+    let w3 = Worker::start(&b, dir_path.as_path(), 3);
+    let out = weir(
+        &["submit", sql.to_str().unwrap(), "--brokers", &b],
+        &job_env,
+    );
+    assert!(
+        out.status.success(),
+        "the job is submitted: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Every partition runs somewhere and the first half is read.
+    let seen = wait_for(Duration::from_secs(180), || {
+        let t = tasks(&[&w1, &w2, &w3]);
+        let parts: usize = t.iter().map(|x| x.1.len()).sum();
+        let read: u64 = t.iter().map(|x| x.2).sum();
+        (parts == PARTITIONS as usize && read >= half as u64, t)
+    });
+    let read: u64 = seen.iter().map(|x| x.2).sum();
+    assert!(
+        read >= half as u64 && seen.iter().map(|x| x.1.len()).sum::<usize>() == 6,
+        "three workers share the 6 partitions and read the first half: {seen:?}\n{}",
+        w1.tail()
+    );
+    assert!(
+        seen.iter().filter(|x| !x.1.is_empty()).count() >= 2,
+        "the partitions are spread over workers: {seen:?}"
+    );
+
+    // A fourth worker takes some partitions, without the job restarting.
+    let w4 = Worker::start(&b, dir_path.as_path(), 4);
+    let seen = wait_for(Duration::from_secs(90), || {
+        let t = tasks(&[&w1, &w2, &w3, &w4]);
+        let on_w4 = t.iter().find(|x| x.0 == "w4").map_or(0, |x| x.1.len());
+        let parts: usize = t.iter().map(|x| x.1.len()).sum();
+        (on_w4 > 0 && parts == PARTITIONS as usize, t)
+    });
+    assert!(
+        seen.iter().any(|x| x.0 == "w4" && !x.1.is_empty()),
+        "partitions move to the fourth worker: {seen:?}\n{}",
+        w4.tail()
+    );
+
+    // The second half arrives while a worker is killed.
+    let second: Vec<Record> = events[half..].to_vec();
+    let b2 = b.clone();
+    let producer = std::thread::spawn(move || produce_unbatched(&b2, "transactions", &second));
+    let victim_index = wait_for(Duration::from_secs(120), || {
+        let t = tasks(&[&w1, &w2, &w3, &w4]);
+        let read: u64 = t.iter().map(|x| x.2).sum();
+        let victim = t
+            .iter()
+            .filter(|x| x.0 != "w4" && !x.1.is_empty())
+            .map(|x| x.0.clone())
+            .next();
+        (read >= (half + half / 4) as u64 && victim.is_some(), victim)
+    })
+    .expect("a worker to kill has tasks");
+    let mut survivors: Vec<&Worker> = Vec::new();
+    let mut w2 = w2;
+    let mut w3 = w3;
+    for w in [&mut w1, &mut w2, &mut w3] {
+        if w.id == victim_index {
+            w.child.kill().expect("SIGKILL");
+            w.child.wait().expect("the killed worker is reaped");
+        }
+    }
+    for w in [&w1, &w2, &w3, &w4] {
+        if w.id != victim_index {
+            survivors.push(w);
+        }
+    }
+    producer
+        .join()
+        .expect("the producer thread")
+        .expect("the second half");
+    produce_unbatched(&b, "transactions", &sentinels).expect("the sentinels");
+
+    // What one process computes over the same input.
+    let reference_sql = dir_path.as_path().join("reference.sql");
+    std::fs::write(
+        &reference_sql,
+        SQL.replace("fraud-cluster", "fraud-reference"),
+    )
+    .expect("reference.sql");
+    let out = weir(
+        &[
+            "run",
+            reference_sql.to_str().unwrap(),
+            "--state-dir",
+            dir_path.as_path().join("reference").to_str().unwrap(),
+        ],
+        &[("SINK", "reference-scores"), ("BOUNDED", "latest-offset")],
+    );
+    assert!(
+        out.status.success(),
+        "the reference run: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let expected = results(&b, "reference-scores");
+    assert!(
+        expected.len() > 1000,
+        "the reference has results: {}",
+        expected.len()
+    );
+
+    // The survivors finish the job: every result arrives.
+    let got = wait_for(Duration::from_secs(300), || {
+        let got = results(&b, "card-scores");
+        (got.len() >= expected.len(), got)
+    });
+    let running = tasks(&survivors);
+    assert!(
+        running.iter().map(|x| x.1.len()).sum::<usize>() == PARTITIONS as usize,
+        "the killed worker's partitions moved to the survivors: {running:?}"
+    );
+
+    // `weir stop` stops the job everywhere.
+    let out = weir(&["stop", "fraud-cluster", "--brokers", &b], &[]);
+    assert!(
+        out.status.success(),
+        "weir stop: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for w in &survivors {
+        let s = w.status().expect("a survivor answers");
+        assert!(
+            s.jobs.is_empty(),
+            "{} runs nothing after the stop: {:?}",
+            w.id,
+            s.jobs
+        );
+    }
+
+    // Exactly once, and the same results as one process.
+    let got = {
+        let again = results(&b, "card-scores");
+        assert!(again.len() >= got.len());
+        again
+    };
+    let repeated: Vec<_> = got.iter().filter(|(_, v)| v.len() > 1).take(5).collect();
+    assert!(
+        repeated.is_empty(),
+        "results written more than once: {repeated:?}"
+    );
+    let missing: Vec<_> = expected
+        .keys()
+        .filter(|k| !got.contains_key(*k))
+        .take(5)
+        .collect();
+    assert!(missing.is_empty(), "results missing: {missing:?}");
+    let extra: Vec<_> = got
+        .keys()
+        .filter(|k| !expected.contains_key(*k))
+        .take(5)
+        .collect();
+    assert!(
+        extra.is_empty(),
+        "results one process does not write: {extra:?}"
+    );
+    for (k, want) in &expected {
+        let have = &got[k][0];
+        let want = &want[0];
+        for field in ["n", "avg_amount", "max_amount", "n_merchants", "p_fraud"] {
+            assert!(
+                close(&have[field], &want[field]),
+                "{k:?} {field}: cluster {} vs one process {}",
+                have[field],
+                want[field]
+            );
+        }
+    }
+    let logs: String = survivors
+        .iter()
+        .map(|w| std::fs::read_to_string(&w.log).unwrap_or_default())
+        .collect();
+    assert!(
+        logs.contains("from changelog"),
+        "moved partitions rebuild their state from the changelog"
+    );
+    drop(broker);
+}
