@@ -450,6 +450,51 @@ fn workers_share_a_job_survive_a_kill_and_write_each_result_once() {
         "the killed worker's partitions moved to the survivors: {running:?}"
     );
 
+    // What the cluster reports: Prometheus metrics, `weir jobs`, `weir describe`.
+    let metrics = http_get(&survivors[0].http, "/metrics").expect("/metrics answers");
+    for family in [
+        "weir_records_in_total{",
+        "weir_records_out_total{",
+        "weir_input_lag_records{",
+        "weir_state_bytes{",
+        "weir_checkpoint_duration_seconds{",
+        "weir_predict_rows_total{",
+        "weir_predict_batch_rows{",
+    ] {
+        assert!(
+            metrics.contains(family),
+            "/metrics has {family}:\n{metrics}"
+        );
+    }
+    assert_eq!(
+        http_get(&survivors[0].http, "/healthz").as_deref(),
+        Some("ok\n")
+    );
+    let out = weir(&["jobs", "--brokers", &b], &[]);
+    let jobs = String::from_utf8_lossy(&out.stdout);
+    let line = jobs
+        .lines()
+        .find(|l| l.starts_with("fraud-cluster "))
+        .unwrap_or_default();
+    let cols: Vec<&str> = line.split_whitespace().collect();
+    assert!(
+        out.status.success()
+            && cols.get(1) == Some(&"running")
+            && cols.get(2) == Some(&"6")
+            && cols.get(3) == Some(&"3"),
+        "weir jobs shows the job running as 6 tasks on 3 workers:\n{jobs}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = weir(&["describe", "fraud-cluster", "--brokers", &b], &[]);
+    let described = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && described.contains("predict")
+            && (0..PARTITIONS).all(|p| described.contains(&format!("transactions[{p}]"))),
+        "weir describe shows the plan and every task:\n{described}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // `weir stop` stops the job everywhere.
     let out = weir(&["stop", "fraud-cluster", "--brokers", &b], &[]);
     assert!(
