@@ -4,11 +4,14 @@
 //!
 //! ```text
 //! topic <group id>-<source>-changelog, compacted, one partition per task
-//!   (one task per source table so far: partition 0)
+//!   (`weir run`: one task per source, partition 0; a cluster job: a task
+//!   per input partition, changelog partition = input partition)
 //! <id>.<run>.d<seq>   chunk of state changes made towards checkpoint <id>   (shipped as they fill up)
 //! <id>.<run>.s<seq>   chunk of a full snapshot of the state at checkpoint <id>
 //! <id>.<run>.commit   the checkpoint's CheckpointMeta; its `changelog` chain names
 //!                     the chunks that rebuild the state: a snapshot, then diffs
+//! <id>.<run>.release  (cluster tasks) written after the final checkpoint of a
+//!                     graceful stop: the partition's next owner may start
 //! ```
 //! `<run>` is random per process, so a checkpoint attempt that crashed never
 //! shares a key with a later one: compaction can never replace a committed
@@ -256,9 +259,6 @@ impl Changelog {
         Ok(chain)
     }
 
-    /// Writes checkpoint `meta`'s commit record (its chain in
-    /// `meta.changelog`). Once flushed, a restore from the changelog arrives
-    /// at `meta`.
     /// Marks the partition released: its task stopped after a final
     /// checkpoint, and a next owner need not wait (see [`await_handover`]).
     pub fn release(&mut self, sink: &Sink, last_checkpoint: u64) -> anyhow::Result<()> {
@@ -269,6 +269,9 @@ impl Changelog {
         sink.flush()
     }
 
+    /// Writes checkpoint `meta`'s commit record (its chain in
+    /// `meta.changelog`). Once flushed, a restore from the changelog arrives
+    /// at `meta`.
     pub fn commit(&mut self, sink: &Sink, meta: &CheckpointMeta) -> anyhow::Result<()> {
         let value = serde_json::to_vec(meta)?;
         let key = commit_key(meta.id, self.run);

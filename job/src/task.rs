@@ -443,7 +443,9 @@ impl SourceTask {
             .state
             .changelog_topic
             .clone()
-            .filter(|_| !stateful.is_empty());
+            // A cluster task's checkpoints (input offsets, output positions)
+            // must move with its partition even without operator state.
+            .filter(|_| !stateful.is_empty() || self.state.handover_lease.is_some());
         if let Some(m) = store.restored()
             && (m.plan_fingerprint != self.state.fingerprint || m.source_topic != table.topic)
         {

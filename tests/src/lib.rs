@@ -5,6 +5,8 @@
 //! (`.ci/run` installs it: `cargo install tansu --version 0.6.0 --features dynostore`).
 //! A missing broker fails the test: it is never skipped.
 
+pub mod cluster;
+
 use std::collections::BTreeMap;
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;

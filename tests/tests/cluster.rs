@@ -15,36 +15,18 @@
 //! day later, whose watermark fires every window of the real events.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use weir::cluster::registry::{REGISTRY_TOPIC, read_registry};
-use weir::cluster::status::WorkerStatus;
 use weir::generate::FraudGenerator;
+use weir_tests::cluster::{Worker, http_get, tasks, weir_binary};
 use weir_tests::{
     Record, Tansu, create_topic, produce_unbatched, read_all, wait_for, workspace_root,
 };
 
 const EVENTS: usize = 40_000;
 const PARTITIONS: i32 = 6;
-
-fn weir_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test binaries sit in target/<profile>/deps")
-        .join("weir");
-    assert!(
-        bin.exists(),
-        "the weir binary is not built at {}",
-        bin.display()
-    );
-    bin
-}
 
 const SQL: &str = r#"
 SET 'pipeline.name' = 'fraud-cluster';
@@ -93,100 +75,6 @@ SELECT card_id, window_end, n, avg_amount, max_amount, n_merchants,
        predict(fraud, n, avg_amount, max_amount, sd_amount, n_merchants) AS p_fraud
 FROM card_features;
 "#;
-
-/// A `weir worker` process with its HTTP API.
-struct Worker {
-    id: String,
-    child: Child,
-    http: String,
-    log: PathBuf,
-}
-
-impl Worker {
-    fn start(brokers: &str, dir: &Path, n: usize) -> Worker {
-        let id = format!("w{n}");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let http = format!("127.0.0.1:{port}");
-        let log = dir.join(format!("{id}.log"));
-        let child = Command::new(weir_binary())
-            .args([
-                "worker",
-                "--brokers",
-                brokers,
-                "--id",
-                &id,
-                "--http",
-                &http,
-                "--session-timeout-ms",
-                "6000",
-                "--state-dir",
-            ])
-            .arg(dir.join(&id))
-            .env("WEIR_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("a log file"))
-            .spawn()
-            .expect("weir worker starts");
-        Worker {
-            id,
-            child,
-            http,
-            log,
-        }
-    }
-
-    /// The worker's `/api/jobs`, if it answers.
-    fn status(&self) -> Option<WorkerStatus> {
-        serde_json::from_str(&http_get(&self.http, "/api/jobs")?).ok()
-    }
-
-    fn tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn http_get(addr: &str, path: &str) -> Option<String> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let (head, body) = out.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
-}
-
-/// Tasks of the job per worker: (worker id, partitions, input offsets
-/// processed: a task that took over a partition counts from its start).
-fn tasks(workers: &[&Worker]) -> Vec<(String, Vec<i32>, u64)> {
-    workers
-        .iter()
-        .filter_map(|w| w.status().map(|s| (w.id.clone(), s)))
-        .map(|(id, s)| {
-            let tasks: Vec<_> = s.jobs.iter().flat_map(|j| &j.tasks).collect();
-            (
-                id,
-                tasks.iter().map(|t| t.partition).collect(),
-                tasks.iter().map(|t| t.position.unwrap_or(0) as u64).sum(),
-            )
-        })
-        .collect()
-}
 
 fn input() -> (Vec<Record>, Vec<Record>) {
     let start = 1_767_225_600_000;

@@ -57,6 +57,8 @@ pub struct WorkerOptions {
 
 /// A failed task is restarted after this long.
 const RESTART_DELAY: Duration = Duration::from_secs(3);
+/// A job that failed on a worker is started there again after this long.
+const JOB_RETRY: Duration = Duration::from_secs(10);
 
 /// What the worker runs, shared with its HTTP API.
 pub struct WorkerShared {
@@ -74,6 +76,8 @@ struct JobEntry {
     runner: Option<JoinHandle<()>>,
     last_out: (Instant, u64),
     out_per_s: f64,
+    /// When the job failed here (it is started again after [`JOB_RETRY`]).
+    failed_at: Option<Instant>,
 }
 
 impl WorkerShared {
@@ -205,8 +209,12 @@ fn reconcile(registry: &Registry, shared: &Arc<WorkerShared>, options: &Arc<Work
         }
     }
     // Reap stopped runners (their tasks have checkpointed).
+    // A job that failed here (a broker unreachable at its start, say) is
+    // started again after a pause.
     jobs.retain(|_, e| {
-        !(e.state == "stopped" && e.runner.as_ref().is_none_or(|r| r.is_finished()))
+        let finished = e.runner.as_ref().is_none_or(|r| r.is_finished());
+        let retry = e.state == "failed" && e.failed_at.is_some_and(|t| t.elapsed() >= JOB_RETRY);
+        !(finished && (e.state == "stopped" || retry))
     });
     for (name, spec) in &registry.jobs {
         if spec.state != JobState::Running || jobs.contains_key(name) {
@@ -223,6 +231,7 @@ fn reconcile(registry: &Registry, shared: &Arc<WorkerShared>, options: &Arc<Work
             runner: None,
             last_out: (Instant::now(), 0),
             out_per_s: 0.0,
+            failed_at: None,
         };
         match prepare_job(registry, spec, options) {
             Ok(loaded) => {
@@ -240,6 +249,7 @@ fn reconcile(registry: &Registry, shared: &Arc<WorkerShared>, options: &Arc<Work
                                 .get_mut(&name)
                             {
                                 entry.state = "failed".into();
+                                entry.failed_at = Some(Instant::now());
                                 entry.error = Some(format!("{e:#}"));
                             }
                         }
@@ -248,6 +258,7 @@ fn reconcile(registry: &Registry, shared: &Arc<WorkerShared>, options: &Arc<Work
                     Ok(h) => entry.runner = Some(h),
                     Err(e) => {
                         entry.state = "failed".into();
+                        entry.failed_at = Some(Instant::now());
                         entry.error = Some(e.to_string());
                     }
                 }
@@ -255,6 +266,7 @@ fn reconcile(registry: &Registry, shared: &Arc<WorkerShared>, options: &Arc<Work
             Err(e) => {
                 error!("job {name}: {e:#}");
                 entry.state = "failed".into();
+                entry.failed_at = Some(Instant::now());
                 entry.error = Some(format!("{e:#}"));
             }
         }
@@ -370,8 +382,10 @@ fn run_job(
     );
     let mut changelog_topics = BTreeMap::new();
     for s in &sources {
+        // Every task has a changelog, stateful or not: its checkpoints
+        // (input offsets, output positions) move with its partition.
         let flows = factory.flows(s)?;
-        if changelogs && TaskFactory::stateful(&flows) {
+        if changelogs {
             let topic = crate::changelog::topic_name(&group_id, &s.name);
             let bootstrap = &plan.tables[&flows[0].flow.sink].bootstrap_servers;
             ensure_changelog_topic(bootstrap, &topic, source_partitions[&s.name])?;
@@ -403,39 +417,17 @@ fn run_job(
     }
 
     let bootstrap = &sources[0].bootstrap_servers;
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", &group_id)
-        .set("client.id", format!("weir-{}", options.id))
-        .set("partition.assignment.strategy", "cooperative-sticky")
-        .set("session.timeout.ms", options.session_timeout_ms.to_string())
-        .set(
-            "heartbeat.interval.ms",
-            (options.session_timeout_ms / 6).max(500).to_string(),
-        )
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "10");
-    // librdkafka's group protocol log (e.g. WEIR_KAFKA_DEBUG=cgrp), for
-    // diagnosing a broker's rebalances.
-    if let Ok(debug) = std::env::var("WEIR_KAFKA_DEBUG") {
-        config.set("debug", debug).set("log_level", "7");
-    }
-    let consumer: BaseConsumer<Membership> = config
-        .create_with_context(Membership {
-            tasks: tasks.clone(),
-        })
-        .context("creating the job's group consumer")?;
     let topics: Vec<&str> = sources.iter().map(|s| s.topic.as_str()).collect();
-    consumer
-        .subscribe(&topics)
-        .context("joining the job's consumer group")?;
+    let mut consumer = join_group(options, &group_id, bootstrap, &topics, &tasks)?;
     info!(
         "job {}: joined group {group_id} for {}",
         spec.name,
         topics.join(", ")
     );
     let mut last_ends = Instant::now() - STATUS_INTERVAL;
+    // Since when this worker has owned no partition of the job.
+    let mut idle_since: Option<Instant> = None;
+    let rejoin_after = Duration::from_millis(options.session_timeout_ms as u64 * 3);
     while !stop.load(Ordering::Relaxed) {
         match consumer.poll(Duration::from_millis(100)) {
             // Assigned partitions are paused: nothing should arrive.
@@ -446,6 +438,30 @@ fn run_job(
         if last_ends.elapsed() >= STATUS_INTERVAL {
             tasks.refresh_ends(&consumer);
             last_ends = Instant::now();
+            let owns = consumer
+                .assignment()
+                .map(|a| a.count() > 0)
+                .unwrap_or(false);
+            idle_since = if owns {
+                None
+            } else {
+                idle_since.or(Some(Instant::now()))
+            };
+            // On tansu, a member that lost its partitions when the group's
+            // leader died was never given any again (its rejoins went
+            // unanswered). Joining afresh, as a new member, unsticks it; a
+            // worker that is idle because the job has fewer partitions than
+            // workers only causes a rebalance that changes nothing.
+            if idle_since.is_some_and(|t| t.elapsed() >= rejoin_after) {
+                info!(
+                    "job {}: no partitions for {}s; joining the group afresh",
+                    spec.name,
+                    rejoin_after.as_secs()
+                );
+                drop(consumer);
+                consumer = join_group(options, &group_id, bootstrap, &topics, &tasks)?;
+                idle_since = None;
+            }
         }
     }
     // Leaving the group revokes every partition: each task checkpoints,
@@ -463,6 +479,51 @@ fn run_job(
     }
     tasks.stop_all();
     Ok(())
+}
+
+/// A consumer in the job's group (cooperative-sticky), subscribed to its
+/// source topics; its rebalance callbacks start and stop the tasks.
+fn join_group(
+    options: &WorkerOptions,
+    group_id: &str,
+    bootstrap: &str,
+    topics: &[&str],
+    tasks: &Arc<JobTasks>,
+) -> anyhow::Result<BaseConsumer<Membership>> {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group_id)
+        .set("client.id", format!("weir-{}", options.id))
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("session.timeout.ms", options.session_timeout_ms.to_string())
+        .set(
+            "heartbeat.interval.ms",
+            (options.session_timeout_ms / 6).max(500).to_string(),
+        )
+        // The rebalance timeout a JoinGroup carries: how long the coordinator
+        // waits for members to rejoin. This consumer polls every 100 ms and
+        // its callbacks do not block, so it can be short.
+        .set(
+            "max.poll.interval.ms",
+            (options.session_timeout_ms * 2).to_string(),
+        )
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "10");
+    // librdkafka's group protocol log (e.g. WEIR_KAFKA_DEBUG=cgrp), for
+    // diagnosing a broker's rebalances.
+    if let Ok(debug) = std::env::var("WEIR_KAFKA_DEBUG") {
+        config.set("debug", debug).set("log_level", "7");
+    }
+    let consumer: BaseConsumer<Membership> = config
+        .create_with_context(Membership {
+            tasks: tasks.clone(),
+        })
+        .context("creating the job's group consumer")?;
+    consumer
+        .subscribe(topics)
+        .context("joining the job's consumer group")?;
+    Ok(consumer)
 }
 
 /// The group consumer's context: the rebalance callbacks start and stop tasks.
