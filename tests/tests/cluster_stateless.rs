@@ -38,7 +38,7 @@ CREATE TABLE scores WITH (
   'sink.delivery-guarantee' = 'exactly-once'
 );
 
-CREATE MODEL fraud WITH ('path' = 'fraud.onnx');
+CREATE MODEL fraud WITH ('path' = '../models/fraud.onnx');
 
 INSERT INTO scores
 SELECT id, predict(fraud, x, x, x, x, x) AS p
@@ -71,10 +71,14 @@ fn a_stateless_job_scores_each_event_once_through_a_worker_kill() {
     } else {
         Some(tmp)
     };
-    std::fs::write(dir.join("scores.sql"), SQL).expect("the pipeline file");
+    // The model sits beside the SQL file's directory, not in it: submit
+    // ships it by its relative path, `..` and all.
+    std::fs::create_dir_all(dir.join("sql")).expect("sql/");
+    std::fs::create_dir_all(dir.join("models")).expect("models/");
+    std::fs::write(dir.join("sql/scores.sql"), SQL).expect("the pipeline file");
     std::fs::copy(
         workspace_root().join("examples/fraud/fraud.onnx"),
-        dir.join("fraud.onnx"),
+        dir.join("models/fraud.onnx"),
     )
     .expect("the model");
     let mut w1 = Worker::start(&b, dir, 1);
@@ -82,7 +86,7 @@ fn a_stateless_job_scores_each_event_once_through_a_worker_kill() {
     let out = Command::new(weir_binary())
         .args([
             "submit",
-            dir.join("scores.sql").to_str().unwrap(),
+            dir.join("sql/scores.sql").to_str().unwrap(),
             "--brokers",
             &b,
         ])

@@ -234,37 +234,48 @@ pub fn read_registry(bootstrap: &str, topic: &str) -> anyhow::Result<Registry> {
 }
 
 /// The files a submit ships: each model, by its path relative to the SQL
-/// file's directory. A model outside that directory cannot be placed the same
-/// way on a worker and is refused.
+/// file as the SQL names it (normalised: `a/../b` is `b`; it may start with
+/// `..`). A worker places the SQL file deep enough in the job's directory
+/// that every such path lands inside it (see `worker::materialize`). A model
+/// named by an absolute path is refused: it could not be placed the same way.
 pub fn job_files(sql_path: &Path, models: &[PathBuf]) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
-    let dir = sql_path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let dir = dir
-        .canonicalize()
-        .with_context(|| format!("resolving {}", dir.display()))?;
+    // As the planner joins them (`weir submit p.sql` has the parent "").
+    let dir = sql_path.parent().unwrap_or(Path::new("."));
     let mut files = Vec::new();
     for m in models {
-        let abs = m
-            .canonicalize()
-            .with_context(|| format!("resolving {}", m.display()))?;
-        let rel = abs.strip_prefix(&dir).map_err(|_| {
+        let rel = m.strip_prefix(dir).map_err(|_| {
             anyhow::anyhow!(
-                "model {} is outside the pipeline's directory {}: a cluster job ships its models \
-                 beside its SQL file, so give it a path under that directory",
+                "model {} is named by an absolute path: a cluster job ships its models at their \
+                 paths relative to the SQL file, so name it relative to {}",
                 m.display(),
                 dir.display()
             )
         })?;
-        let rel = rel
-            .to_str()
-            .with_context(|| format!("model path {} is not UTF-8", rel.display()))?
-            .to_owned();
-        let bytes = std::fs::read(&abs).with_context(|| format!("reading {}", abs.display()))?;
+        let rel =
+            normalize(rel).with_context(|| format!("model path {} is not UTF-8", rel.display()))?;
+        let bytes = std::fs::read(m).with_context(|| format!("reading {}", m.display()))?;
         files.push((rel, bytes));
     }
     Ok(files)
+}
+
+/// `a/./b/../c` -> `a/c`; leading `..`s stay.
+fn normalize(path: &Path) -> Option<String> {
+    let mut parts: Vec<&str> = Vec::new();
+    for c in path.components() {
+        match c {
+            std::path::Component::Normal(p) => parts.push(p.to_str()?),
+            std::path::Component::ParentDir => {
+                if parts.last().is_some_and(|p| *p != "..") {
+                    parts.pop();
+                } else {
+                    parts.push("..");
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(parts.join("/"))
 }
 
 /// Publishes a job version (files, then the spec) and tombstones the chunks
@@ -354,6 +365,17 @@ mod tests {
             }],
             submitted_at_ms: 0,
         }
+    }
+
+    #[test]
+    fn model_paths_are_relative_to_the_sql_file() {
+        assert_eq!(normalize(Path::new("m.onnx")).unwrap(), "m.onnx");
+        assert_eq!(normalize(Path::new("./a/../b/m.onnx")).unwrap(), "b/m.onnx");
+        assert_eq!(
+            normalize(Path::new("../../x/./m.onnx")).unwrap(),
+            "../../x/m.onnx"
+        );
+        assert_eq!(normalize(Path::new("a/../../m.onnx")).unwrap(), "../m.onnx");
     }
 
     #[test]

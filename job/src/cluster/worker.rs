@@ -297,30 +297,48 @@ pub fn materialize(
     dir: &Path,
 ) -> anyhow::Result<LoadedPipeline> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    // File paths are relative to the SQL file and may start with `..`: the
+    // SQL file goes that many directories down, so they all land in `dir`.
+    let ups = |p: &Path| {
+        p.components()
+            .take_while(|c| matches!(c, std::path::Component::ParentDir))
+            .count()
+    };
+    let depth = spec
+        .files
+        .iter()
+        .map(|f| ups(Path::new(&f.path)))
+        .max()
+        .unwrap_or(0);
+    let sql_dir = (0..depth).fold(dir.to_path_buf(), |d, _| d.join("_"));
     for (i, f) in spec.files.iter().enumerate() {
         let rel = Path::new(&f.path);
+        let rest: PathBuf = rel.components().skip(ups(rel)).collect();
         if rel.is_absolute()
-            || rel
+            || rest
                 .components()
-                .any(|c| matches!(c, std::path::Component::ParentDir))
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
         {
             bail!(
-                "job {}: file path {} leaves the job's directory",
+                "job {}: file path {} is not a plain relative path",
                 spec.name,
                 f.path
             );
         }
-        let path = dir.join(rel);
+        // Relative to the SQL file's directory, `depth - ups` levels below `dir`.
+        let below: PathBuf = (0..depth - ups(rel)).map(|_| "_").collect();
+        let path = dir.join(below).join(rest);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
         }
         std::fs::write(&path, registry.file(spec, i)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
+    std::fs::create_dir_all(&sql_dir)?;
     let sql_name = Path::new(&spec.sql_file)
         .file_name()
         .context("the job's SQL file has no name")?;
-    let sql_path = dir.join(sql_name);
+    let sql_path = sql_dir.join(sql_name);
     std::fs::write(&sql_path, &spec.sql)
         .with_context(|| format!("writing {}", sql_path.display()))?;
     let env = spec.env.clone();
