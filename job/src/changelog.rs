@@ -55,27 +55,89 @@ fn release_key(id: u64, run: u64) -> String {
     format!("{id:020}.{run:016x}.release")
 }
 
-/// Waits until the partition's previous owner has let go of it, so that two
-/// workers never run a task at once: the last record is a release (a
-/// graceful stop), or nothing was written for `lease` (the owner is gone:
-/// a live task writes a commit record every checkpoint interval). A group
-/// rebalance can assign a partition before its previous owner has noticed
-/// it lost it (a member the broker dropped, a slow revoke). Returns false if
-/// `stop` was set while waiting.
+fn claim_key(run: u64) -> String {
+    format!("claim.{run:016x}")
+}
+
+/// Who owns a changelog partition, as its records say (in offset order):
+/// a claim makes its run the owner if the partition had none or the claim
+/// supersedes the current owner (taken for gone); a release by the owner
+/// frees it; other records of the owner show it alive. The first of two
+/// racing claims wins; the second is ignored.
+#[derive(Debug, Default)]
+struct Ownership {
+    owner: Option<u64>,
+    /// When the owner last wrote (ms since the epoch).
+    last_ms: i64,
+}
+
+impl Ownership {
+    fn apply(&mut self, key: &[u8], value: Option<&[u8]>, at_ms: i64) {
+        let Ok(key) = std::str::from_utf8(key) else {
+            return;
+        };
+        let Some(value) = value else {
+            return; // tombstones are housekeeping of older records
+        };
+        if let Some(run) = key.strip_prefix("claim.") {
+            let Ok(run) = u64::from_str_radix(run, 16) else {
+                return;
+            };
+            let supersedes = std::str::from_utf8(value)
+                .ok()
+                .and_then(|v| u64::from_str_radix(v, 16).ok());
+            if self.owner.is_none() || (supersedes.is_some() && supersedes == self.owner) {
+                self.owner = Some(run);
+                self.last_ms = at_ms;
+            }
+            return;
+        }
+        // <id>.<run>.<kind>
+        let mut parts = key.split('.');
+        let (Some(_), Some(run), Some(kind)) = (parts.next(), parts.next(), parts.next()) else {
+            return;
+        };
+        let Ok(run) = u64::from_str_radix(run, 16) else {
+            return;
+        };
+        if self.owner.is_none() && kind != "release" {
+            // Written before claims were (or the claim was compacted away).
+            self.owner = Some(run);
+        }
+        if self.owner == Some(run) {
+            if kind == "release" {
+                self.owner = None;
+            } else {
+                self.last_ms = at_ms;
+            }
+        }
+    }
+}
+
+/// Takes ownership of a cluster task's changelog partition for `run`, so
+/// that two workers never run a task at once. A group rebalance can assign
+/// a partition before its previous owner has noticed it lost it (a member
+/// the broker dropped, a slow revoke), and tansu was seen assigning one
+/// partition to two members at once. So: wait until the partition is free
+/// (its owner released it, or has written nothing for `lease`: a live task
+/// writes a commit every checkpoint interval), write a claim, read on past
+/// it, and own the partition only if the claim won; otherwise wait again.
+/// Returns false if `stop` was set first.
 pub fn await_handover(
-    bootstrap: &str,
+    sink: &Sink,
     topic: &str,
     partition: i32,
     lease: Duration,
     stop: &std::sync::atomic::AtomicBool,
+    run: u64,
 ) -> anyhow::Result<bool> {
-    let consumer = crate::kafka::scan_consumer(bootstrap, "weir-changelog-handover")?;
+    let consumer = crate::kafka::scan_consumer(sink.bootstrap(), "weir-changelog-handover")?;
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, partition, Offset::Beginning)?;
     consumer.assign(&tpl)?;
-    // The last record: whether it is a release, and when it was written.
-    let mut last: Option<(bool, i64)> = None;
+    let mut state = Ownership::default();
     let mut at_end = false;
+    let mut claimed = false;
     let mut logged = false;
     loop {
         if stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -84,12 +146,11 @@ pub fn await_handover(
         match consumer.poll(Duration::from_millis(100)) {
             None => {}
             Some(Ok(m)) => {
-                let release = m.key().is_some_and(|k| k.ends_with(b".release"));
                 let at = m
                     .timestamp()
                     .to_millis()
                     .unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
-                last = Some((release, at));
+                state.apply(m.key().unwrap_or_default(), m.payload(), at);
                 at_end = false;
             }
             Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => at_end = true,
@@ -98,24 +159,44 @@ pub fn await_handover(
         if !at_end {
             continue;
         }
-        let silent_ms = match last {
-            None | Some((true, _)) => return Ok(true),
-            Some((false, at)) => chrono::Utc::now().timestamp_millis() - at,
-        };
-        if silent_ms >= lease.as_millis() as i64 {
-            tracing::info!(
-                "changelog '{topic}' partition {partition}: the previous owner has written nothing for {} ms and did not release it; taking over",
-                silent_ms
-            );
+        if state.owner == Some(run) {
             return Ok(true);
         }
-        if !logged {
+        if claimed {
+            // Read past our claim and another won: wait for that owner.
+            claimed = false;
             tracing::info!(
-                "changelog '{topic}' partition {partition}: waiting for the previous owner to release it (or to be silent for {} ms)",
-                lease.as_millis()
+                "changelog '{topic}' partition {partition}: another worker claimed it first; waiting"
             );
-            logged = true;
         }
+        let silent_ms = chrono::Utc::now().timestamp_millis() - state.last_ms;
+        let free = state.owner.is_none() || silent_ms >= lease.as_millis() as i64;
+        if !free {
+            if !logged {
+                tracing::info!(
+                    "changelog '{topic}' partition {partition}: waiting for the previous owner to release it (or to be silent for {} ms)",
+                    lease.as_millis()
+                );
+                logged = true;
+            }
+            continue;
+        }
+        if let Some(gone) = state.owner {
+            tracing::info!(
+                "changelog '{topic}' partition {partition}: the previous owner ({gone:016x}) has written nothing for {silent_ms} ms and did not release it; taking over"
+            );
+        }
+        let supersedes = state.owner.map(|r| format!("{r:016x}")).unwrap_or_default();
+        sink.send_to(
+            topic,
+            partition,
+            claim_key(run).as_bytes(),
+            Some(supersedes.as_bytes()),
+        )?;
+        sink.flush()?;
+        claimed = true;
+        // The claim is acknowledged, so the partition's end is now past it.
+        at_end = false;
     }
 }
 
@@ -150,7 +231,18 @@ impl Changelog {
         chain: Vec<ChangelogLink>,
         garbage: Vec<String>,
     ) -> Self {
-        let run = rand::random::<u64>();
+        Self::with_run(topic, partition, chain, garbage, rand::random::<u64>())
+    }
+
+    /// As [`Changelog::new`], writing as `run` (a cluster task's claim on
+    /// its partition names the run its records will carry).
+    pub fn with_run(
+        topic: String,
+        partition: i32,
+        chain: Vec<ChangelogLink>,
+        garbage: Vec<String>,
+        run: u64,
+    ) -> Self {
         Self {
             topic,
             partition,
@@ -536,4 +628,44 @@ pub fn catch_up(
         bytes: read.bytes,
         took: started.elapsed(),
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Ownership;
+
+    #[test]
+    fn the_first_claim_wins_and_a_release_frees() {
+        let mut o = Ownership::default();
+        o.apply(b"claim.00000000000000aa", Some(b""), 1);
+        o.apply(b"claim.00000000000000bb", Some(b""), 2);
+        assert_eq!(o.owner, Some(0xaa));
+        o.apply(
+            b"00000000000000000003.00000000000000bb.commit",
+            Some(b"{}"),
+            3,
+        );
+        assert_eq!(
+            (o.owner, o.last_ms),
+            (Some(0xaa), 1),
+            "a loser's records are not the owner's"
+        );
+        o.apply(
+            b"00000000000000000003.00000000000000aa.commit",
+            Some(b"{}"),
+            4,
+        );
+        assert_eq!(o.last_ms, 4);
+        // Taking over from a silent owner: only a claim naming it.
+        o.apply(b"claim.00000000000000cc", Some(b"00000000000000bb"), 5);
+        assert_eq!(o.owner, Some(0xaa));
+        o.apply(b"claim.00000000000000cc", Some(b"00000000000000aa"), 6);
+        assert_eq!(o.owner, Some(0xcc));
+        o.apply(
+            b"00000000000000000004.00000000000000cc.release",
+            Some(b""),
+            7,
+        );
+        assert_eq!(o.owner, None);
+    }
 }

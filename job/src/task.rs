@@ -455,13 +455,16 @@ impl SourceTask {
                 self.state.dir.display()
             );
         }
+        // The run id this task's changelog records carry (and its claim names).
+        let run = rand::random::<u64>();
         if let (Some(topic), Some(lease)) = (&changelog_topic, self.state.handover_lease)
             && !changelog::await_handover(
-                self.sink.bootstrap(),
+                &self.sink,
                 topic,
                 self.state.changelog_partition,
                 lease,
                 &self.stop,
+                run,
             )?
         {
             info!(
@@ -575,7 +578,8 @@ impl SourceTask {
                 .as_ref()
                 .and_then(|m| m.changelog.clone())
                 .unwrap_or_default();
-            let mut cl = Changelog::new(topic, self.state.changelog_partition, chain, garbage);
+            let mut cl =
+                Changelog::with_run(topic, self.state.changelog_partition, chain, garbage, run);
             // A local checkpoint whose changelog was lost (or never written):
             // the next checkpoint ships a full snapshot.
             if restored.is_some()

@@ -150,7 +150,13 @@ fn a_stateless_job_scores_each_event_once_through_a_worker_kill() {
         before_stop.len(),
         survivor.tail()
     );
-    let t = tasks(&[survivor]);
+    let t = wait_for(Duration::from_secs(60), || {
+        let t = tasks(&[survivor]);
+        (
+            t.iter().map(|x| x.1.len()).sum::<usize>() == PARTITIONS as usize,
+            t,
+        )
+    });
     // Nothing more is written once the job is stopped: read everything again.
     let out = Command::new(weir_binary())
         .args(["stop", "scores", "--brokers", &b])

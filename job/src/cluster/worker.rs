@@ -477,7 +477,14 @@ fn run_job(
                     rejoin_after.as_secs()
                 );
                 drop(consumer);
-                consumer = join_group(options, &group_id, bootstrap, &topics, &tasks)?;
+                consumer = match join_group(options, &group_id, bootstrap, &topics, &tasks) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // No membership, no tasks.
+                        tasks.stop_all();
+                        return Err(e);
+                    }
+                };
                 idle_since = None;
             }
         }
