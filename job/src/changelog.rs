@@ -12,6 +12,8 @@
 //!                     the chunks that rebuild the state: a snapshot, then diffs
 //! <id>.<run>.release  (cluster tasks) written after the final checkpoint of a
 //!                     graceful stop: the partition's next owner may start
+//! claim.<run>         (cluster tasks) a task taking the partition over; its
+//!                     value names the silent owner it supersedes, if any
 //! ```
 //! `<run>` is random per process, so a checkpoint attempt that crashed never
 //! shares a key with a later one: compaction can never replace a committed
