@@ -44,18 +44,12 @@ def api_jobs(port):
 
 
 def run_once(a, workers, i):
-    from data import create_topic
     from tansu import Tansu, proc_cpu_seconds, proc_peak_rss_mib
-    from weir_bench import target_dir
+    from weir_bench import load_events, target_dir
 
     weir = os.environ.get("WEIR_BENCH_BIN") or os.path.join(target_dir(), "release", "weir")
     with Tansu() as broker, tempfile.TemporaryDirectory(prefix="weir-cluster-bench-") as tmp:
-        produced = json.loads(subprocess.run(
-            [sys.executable, os.path.join(HERE, "data.py"), "--from-jsonl", a.events_file,
-             "--brokers", broker.brokers, "--topic", "transactions", "--partitions", str(a.partitions)],
-            check=True, stdout=subprocess.PIPE, text=True).stdout.strip().splitlines()[-1])
-        for t in ("card-scores", "transactions-dlq"):
-            create_topic(broker.brokers, t, a.partitions)
+        produced = load_events(a, broker)
         env = dict(os.environ, KAFKA_BROKERS=broker.brokers, WEIR_LOG=os.environ.get("WEIR_LOG", "warn"))
         procs = []
         try:

@@ -62,8 +62,21 @@ def timed(cmd, env=None, cwd=None):
     return stdout, stderr, wall, ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024.0
 
 
-def run_once(a, variant, i):
+def load_events(a, broker):
+    """Produces --events-file to 'transactions' (--partitions), creates the
+    output topics; returns data.py's report (events, value_bytes, ...)."""
     from data import create_topic
+
+    produced = json.loads(subprocess.run(
+        [sys.executable, os.path.join(HERE, "data.py"), "--from-jsonl", a.events_file,
+         "--brokers", broker.brokers, "--topic", "transactions", "--partitions", str(a.partitions)],
+        check=True, stdout=subprocess.PIPE, text=True).stdout.strip().splitlines()[-1])
+    for t in ("card-scores", "transactions-dlq"):
+        create_topic(broker.brokers, t, a.partitions)
+    return produced
+
+
+def run_once(a, variant, i):
     from tansu import Tansu
 
     tdir = target_dir()
@@ -71,12 +84,7 @@ def run_once(a, variant, i):
     weir = os.environ.get("WEIR_BENCH_BIN") or os.path.join(tdir, "release", "weir")
     bare = os.path.join(tdir, "release", "examples", "bare_consumer")
     with Tansu() as broker:
-        produced = json.loads(subprocess.run(
-            [sys.executable, os.path.join(HERE, "data.py"), "--from-jsonl", a.events_file,
-             "--brokers", broker.brokers, "--topic", "transactions", "--partitions", str(a.partitions)],
-            check=True, stdout=subprocess.PIPE, text=True).stdout.strip().splitlines()[-1])
-        for t in ("card-scores", "transactions-dlq"):
-            create_topic(broker.brokers, t, a.partitions)
+        produced = load_events(a, broker)
         time.sleep(0.5)
         la0, b0 = loadavg(), broker.cpu_seconds()
         rec = dict(kind=variant, run=i, events_file=a.events_file, partitions=a.partitions,

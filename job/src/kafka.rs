@@ -185,6 +185,77 @@ pub fn scan_consumer(bootstrap: &str, group: &str) -> anyhow::Result<WeirConsume
         .with_context(|| format!("creating the {group} consumer"))
 }
 
+/// Follows partition 0 of a topic (the cluster's compacted registry and
+/// status topics) from its beginning, handing each record's key and value
+/// (`None`: a tombstone) to the caller.
+pub struct TopicFollower {
+    consumer: WeirConsumer,
+    topic: String,
+    /// Whether the end of the partition has been reached once.
+    pub caught_up: bool,
+}
+
+impl TopicFollower {
+    pub fn open(bootstrap: &str, topic: &str, group: &str) -> anyhow::Result<Self> {
+        let consumer = scan_consumer(bootstrap, group)?;
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition_offset(topic, 0, rdkafka::Offset::Beginning)?;
+        consumer.assign(&tpl)?;
+        Ok(Self {
+            consumer,
+            topic: topic.to_owned(),
+            caught_up: false,
+        })
+    }
+
+    /// Takes in what arrives within `timeout`; true if anything did.
+    pub fn poll<F>(&mut self, timeout: Duration, apply: &mut F) -> bool
+    where
+        F: FnMut(&[u8], Option<&[u8]>),
+    {
+        use rdkafka::message::Message;
+        let mut any = false;
+        let mut wait = timeout;
+        loop {
+            match self.consumer.poll(wait) {
+                None => return any,
+                Some(Ok(m)) => {
+                    apply(m.key().unwrap_or_default(), m.payload());
+                    any = true;
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => {
+                    self.caught_up = true;
+                    return any;
+                }
+                Some(Err(e)) => {
+                    tracing::warn!("reading '{}': {e}", self.topic);
+                    return any;
+                }
+            }
+            wait = Duration::ZERO;
+        }
+    }
+
+    /// Reads until the end of the partition.
+    pub fn read_to_end<F>(&mut self, timeout: Duration, apply: &mut F) -> anyhow::Result<()>
+    where
+        F: FnMut(&[u8], Option<&[u8]>),
+    {
+        let deadline = std::time::Instant::now() + timeout;
+        while !self.caught_up {
+            if std::time::Instant::now() > deadline {
+                bail!(
+                    "'{}' could not be read to its end within {}s",
+                    self.topic,
+                    timeout.as_secs()
+                );
+            }
+            self.poll(Duration::from_millis(100), apply);
+        }
+        Ok(())
+    }
+}
+
 /// The header carrying each output record's stable identity.
 pub const ID_HEADER: &str = "weir.id";
 /// On a result that changes one emitted before (allowed lateness, session

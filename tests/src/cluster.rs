@@ -3,26 +3,12 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
+
+pub use crate::weir_binary;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use weir::cluster::status::WorkerStatus;
-
-/// The `weir` binary `cargo test --workspace` built beside the test binary.
-pub fn weir_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test binaries sit in target/<profile>/deps")
-        .join("weir");
-    assert!(
-        bin.exists(),
-        "the weir binary is not built at {}",
-        bin.display()
-    );
-    bin
-}
 
 /// A `weir worker` process with its HTTP API.
 pub struct Worker {

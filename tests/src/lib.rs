@@ -321,6 +321,23 @@ pub fn read_all(brokers: &str, topic: &str, timeout: Duration) -> anyhow::Result
     Ok(out)
 }
 
+/// The `weir` binary `cargo test --workspace` built beside the test binary
+/// (target/<profile>/deps/<test>-<hash> -> target/<profile>/weir).
+pub fn weir_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let bin = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("test binaries sit in target/<profile>/deps")
+        .join("weir");
+    assert!(
+        bin.exists(),
+        "the weir binary is not built at {} (cargo test --workspace builds it)",
+        bin.display()
+    );
+    bin
+}
+
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

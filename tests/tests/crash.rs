@@ -26,7 +26,9 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use weir::generate::{FraudGenerator, fmt_ts};
-use weir_tests::{Record, Tansu, create_topic, produce_unbatched, read_all, workspace_root};
+use weir_tests::{
+    Record, Tansu, create_topic, produce_unbatched, read_all, weir_binary, workspace_root,
+};
 
 const EVENTS: usize = 120_000;
 const MIN_CRASHES: usize = 20;
@@ -43,22 +45,6 @@ const FAULT_POINTS: &[&str] = &[
     "checkpoint-before-rename",
     "after-checkpoint",
 ];
-
-fn weir_binary() -> PathBuf {
-    // target/<profile>/deps/crash-<hash> -> target/<profile>/weir
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test binaries sit in target/<profile>/deps")
-        .join("weir");
-    assert!(
-        bin.exists(),
-        "the weir binary is not built at {} (cargo test --workspace builds it)",
-        bin.display()
-    );
-    bin
-}
 
 /// Transactions with a malformed record every 997 and a late one every 1499.
 fn input() -> (Vec<Record>, usize, usize) {

@@ -14,16 +14,12 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use rdkafka::consumer::Consumer;
-use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
-use crate::kafka::{WeirConsumer, ensure_topic_with, producer_config, scan_consumer};
+use crate::kafka::{TopicFollower, ensure_topic_with, producer_config};
 use crate::task::Sink;
 
 /// The default registry topic.
@@ -165,64 +161,36 @@ pub fn ensure_registry(bootstrap: &str, topic: &str) -> anyhow::Result<()> {
 
 /// Follows the registry topic from its beginning.
 pub struct RegistryReader {
-    consumer: WeirConsumer,
+    follower: TopicFollower,
     pub registry: Registry,
-    /// Whether the reader has reached the end of the topic once.
-    pub caught_up: bool,
 }
 
 impl RegistryReader {
     pub fn open(bootstrap: &str, topic: &str) -> anyhow::Result<Self> {
         ensure_registry(bootstrap, topic)?;
-        let consumer = scan_consumer(bootstrap, "weir-registry-reader")?;
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, 0, Offset::Beginning)?;
-        consumer.assign(&tpl)?;
         Ok(Self {
-            consumer,
+            follower: TopicFollower::open(bootstrap, topic, "weir-registry-reader")?,
             registry: Registry::default(),
-            caught_up: false,
         })
+    }
+
+    /// Whether the reader has reached the end of the topic once.
+    pub fn caught_up(&self) -> bool {
+        self.follower.caught_up
     }
 
     /// Takes in what arrived within `timeout`; true if anything did.
     pub fn poll(&mut self, timeout: Duration) -> bool {
-        let mut changed = false;
-        let mut wait = timeout;
-        loop {
-            match self.consumer.poll(wait) {
-                None => return changed,
-                Some(Ok(m)) => {
-                    self.registry
-                        .apply(m.key().unwrap_or_default(), m.payload());
-                    changed = true;
-                }
-                Some(Err(KafkaError::PartitionEOF(_))) => {
-                    self.caught_up = true;
-                    return changed;
-                }
-                Some(Err(e)) => {
-                    tracing::warn!("reading the job registry: {e}");
-                    return changed;
-                }
-            }
-            wait = Duration::ZERO;
-        }
+        let registry = &mut self.registry;
+        self.follower
+            .poll(timeout, &mut |k, v| registry.apply(k, v))
     }
 
     /// Reads until the end of the topic.
     pub fn read_to_end(&mut self, timeout: Duration) -> anyhow::Result<()> {
-        let deadline = Instant::now() + timeout;
-        while !self.caught_up {
-            if Instant::now() > deadline {
-                bail!(
-                    "the job registry could not be read to its end within {}s",
-                    timeout.as_secs()
-                );
-            }
-            self.poll(Duration::from_millis(100));
-        }
-        Ok(())
+        let registry = &mut self.registry;
+        self.follower
+            .read_to_end(timeout, &mut |k, v| registry.apply(k, v))
     }
 }
 

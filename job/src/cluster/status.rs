@@ -7,13 +7,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use rdkafka::consumer::Consumer;
-use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
-use crate::kafka::{ensure_topic_with, scan_consumer};
+use crate::kafka::{TopicFollower, ensure_topic_with};
 
 /// The default status topic.
 pub const STATUS_TOPIC: &str = "weir-status";
@@ -95,34 +91,22 @@ pub fn ensure_status_topic(bootstrap: &str, topic: &str) -> anyhow::Result<()> {
 /// The newest status of every worker that reported within [`STATUS_STALE`].
 pub fn read_statuses(bootstrap: &str, topic: &str) -> anyhow::Result<Vec<WorkerStatus>> {
     ensure_status_topic(bootstrap, topic)?;
-    let consumer = scan_consumer(bootstrap, "weir-status-reader")?;
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Beginning)?;
-    consumer.assign(&tpl)?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let mut latest: BTreeMap<String, WorkerStatus> = BTreeMap::new();
-    loop {
-        if std::time::Instant::now() > deadline {
-            anyhow::bail!("the status topic '{topic}' could not be read to its end within 30s");
-        }
-        match consumer.poll(Duration::from_millis(100)) {
-            None => {}
-            Some(Ok(m)) => {
-                let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
-                match m.payload().map(serde_json::from_slice::<WorkerStatus>) {
-                    Some(Ok(s)) => {
-                        latest.insert(key, s);
-                    }
-                    Some(Err(_)) => {}
-                    None => {
-                        latest.remove(&key);
-                    }
+    TopicFollower::open(bootstrap, topic, "weir-status-reader")?.read_to_end(
+        Duration::from_secs(30),
+        &mut |key, value| {
+            let key = String::from_utf8_lossy(key).into_owned();
+            match value.map(serde_json::from_slice::<WorkerStatus>) {
+                Some(Ok(s)) => {
+                    latest.insert(key, s);
+                }
+                Some(Err(_)) => {}
+                None => {
+                    latest.remove(&key);
                 }
             }
-            Some(Err(KafkaError::PartitionEOF(_))) => break,
-            Some(Err(e)) => tracing::warn!("reading '{topic}': {e}"),
-        }
-    }
+        },
+    )?;
     let now = chrono::Utc::now().timestamp_millis();
     Ok(latest
         .into_values()

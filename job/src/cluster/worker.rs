@@ -148,7 +148,7 @@ pub fn run_worker(options: WorkerOptions) -> anyhow::Result<()> {
     let mut last_status = Instant::now() - STATUS_INTERVAL;
     while !options.stop.load(Ordering::Relaxed) {
         reader.poll(Duration::from_millis(200));
-        if reader.caught_up {
+        if reader.caught_up() {
             reconcile(&reader.registry, &shared, &options);
         }
         if last_status.elapsed() >= STATUS_INTERVAL {
