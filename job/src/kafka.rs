@@ -68,6 +68,18 @@ pub fn producer_config(bootstrap: &str, properties: &BTreeMap<String, String>) -
     c
 }
 
+/// The `properties.*` of sink tables, for the producer they share (later
+/// tables win where two set one property).
+pub fn sink_properties<'a>(
+    tables: impl IntoIterator<Item = &'a KafkaTable>,
+) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for t in tables {
+        out.extend(t.properties.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+    out
+}
+
 pub fn apply_properties(c: &mut ClientConfig, properties: &BTreeMap<String, String>) {
     for (k, v) in properties {
         // group.id is a consumer property; harmless elsewhere but noisy in logs.

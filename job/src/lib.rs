@@ -21,6 +21,7 @@ pub mod kafka;
 pub mod load;
 pub mod printer;
 pub mod run;
+pub mod shuffle;
 pub mod table;
 pub mod task;
 

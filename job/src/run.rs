@@ -17,6 +17,7 @@ use crate::embedded::{EMBEDDED, EmbeddedBroker};
 use crate::generate::FraudGenerator;
 use crate::kafka::{
     check_reachable, ensure_topic, ensure_topic_with, partition_count, producer_config,
+    sink_properties,
 };
 use crate::load::LoadedPipeline;
 use crate::printer::spawn_printer;
@@ -177,7 +178,12 @@ pub fn run_pipeline(mut loaded: LoadedPipeline, options: RunOptions) -> anyhow::
     let mut sinks: BTreeMap<String, Arc<Sink>> = BTreeMap::new();
     for table in plan.sinks().iter().chain(plan.sources().iter()) {
         if !sinks.contains_key(&table.bootstrap_servers) {
-            let config = producer_config(&table.bootstrap_servers, &BTreeMap::new());
+            let properties = sink_properties(
+                plan.sinks()
+                    .into_iter()
+                    .filter(|t| t.bootstrap_servers == table.bootstrap_servers),
+            );
+            let config = producer_config(&table.bootstrap_servers, &properties);
             sinks.insert(
                 table.bootstrap_servers.clone(),
                 Arc::new(Sink::new(&config)?),
@@ -579,7 +585,7 @@ impl TaskFactory {
                 other.bootstrap_servers
             );
         }
-        let mut config = producer_config(&bootstrap, &BTreeMap::new());
+        let mut config = producer_config(&bootstrap, &sink_properties(sink_tables.iter().copied()));
         // A transaction spans a checkpoint interval; the broker caps this
         // at its transaction.max.timeout.ms (15 min by default).
         let timeout_ms = (self.checkpoint_interval.as_millis() * 3).clamp(60_000, 900_000);
@@ -588,6 +594,36 @@ impl TaskFactory {
             &config,
             &format!("{}-{}-{task}", self.group_id, source.name),
         )
+    }
+
+    /// A cluster job's map task for `partition` of a repartitioned source
+    /// (`shuffle.rs`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn map_task(
+        &self,
+        source: &KafkaTable,
+        partition: i32,
+        topic: &str,
+        partitions: i32,
+        columns: &[String],
+        sink: Arc<Sink>,
+        stop: Arc<AtomicBool>,
+        counters: Arc<TaskCounters>,
+    ) -> crate::shuffle::MapTask {
+        crate::shuffle::MapTask {
+            table: source.clone(),
+            partition,
+            topic: topic.to_owned(),
+            partitions,
+            columns: columns.to_vec(),
+            group_id: format!("{}-{}", self.group_id, source.name),
+            sink,
+            batch_size: self.batch_size,
+            linger: self.linger,
+            commit_interval: self.checkpoint_interval,
+            stop,
+            counters,
+        }
     }
 
     /// A source task. `partition`: `None` reads every input partition (one
@@ -636,6 +672,7 @@ impl TaskFactory {
                 linger: self.linger,
                 checkpoint_interval: self.checkpoint_interval,
                 lookup_tables,
+                shuffle: None,
                 // Bounded runs give the same results however fast they run: no
                 // partition is ever idle, each holds the watermark until all end.
                 idle_timeout: if source.bounded {

@@ -45,6 +45,7 @@ use crate::changelog::{self, CatchUp, Changelog};
 use crate::kafka::{
     CHANGE_HEADER, ID_HEADER, QuietEof, WeirConsumer, consumer_config, end_offsets, read_output_ids,
 };
+use crate::shuffle::{Origins, Shuffled};
 use crate::table::TableFeed;
 
 /// Counts delivery outcomes; a failed delivery fails the next flush.
@@ -206,7 +207,7 @@ impl Sink {
         self.produce(record)
     }
 
-    fn produce(&self, mut record: BaseRecord<'_, [u8], [u8]>) -> anyhow::Result<()> {
+    pub fn produce(&self, mut record: BaseRecord<'_, [u8], [u8]>) -> anyhow::Result<()> {
         let topic = record.topic.to_owned();
         loop {
             match self.producer.send(record) {
@@ -224,17 +225,29 @@ impl Sink {
     }
 
     /// Waits until everything sent so far is acknowledged.
+    ///
+    /// rust-rdkafka's `flush` waits in `poll` steps of 100 ms that each run to
+    /// their end, so every flush with records in flight took at least 100 ms:
+    /// a checkpoint stalled its task that long (p99 latency 120-160 ms at 2k
+    /// events/s, bench/latency_bench.py). The producer's own thread serves
+    /// delivery reports, so this waits for the in-flight count instead.
     pub fn flush(&self) -> anyhow::Result<()> {
-        loop {
-            match self.producer.flush(Duration::from_secs(30)) {
-                Ok(()) => break,
-                Err(KafkaError::Flush(rdkafka::types::RDKafkaErrorCode::OperationTimedOut)) => {
-                    warn!(
-                        "the producer is still waiting for acknowledgements (broker down?); retrying"
-                    );
-                }
-                Err(e) => bail!("flushing the producer: {e}"),
+        // A zero-timeout flush sends what is lingering at once.
+        match self.producer.flush(Duration::ZERO) {
+            Ok(())
+            | Err(KafkaError::Flush(rdkafka::types::RDKafkaErrorCode::OperationTimedOut)) => {}
+            Err(e) => bail!("flushing the producer: {e}"),
+        }
+        let mut warn_at = Instant::now() + Duration::from_secs(30);
+        while self.producer.in_flight_count() > 0 {
+            if Instant::now() >= warn_at {
+                warn!(
+                    "the producer is still waiting for {} acknowledgements (broker down?)",
+                    self.producer.in_flight_count()
+                );
+                warn_at = Instant::now() + Duration::from_secs(30);
             }
+            std::thread::sleep(Duration::from_micros(500));
         }
         let failed = self.producer.context().failed.load(Ordering::Relaxed);
         if failed > 0 {
@@ -310,6 +323,11 @@ pub struct TaskSettings {
     /// The input partitions this task reads: all of them (`None`), or a
     /// cluster task's own.
     pub partitions: Option<Vec<i32>>,
+    /// Reading a repartition topic (`shuffle.rs`): its origin partitions and
+    /// whether the source is bounded. The watermark is then kept per origin
+    /// partition, replays are skipped by origin offset, and a bounded input
+    /// ends when every origin has sent its end.
+    pub shuffle: Option<Origins>,
 }
 
 pub struct SourceTask {
@@ -345,6 +363,8 @@ struct Progress {
     held: HeldOffsets,
     fired_through: i64,
     sink_positions: BTreeMap<String, BTreeMap<i32, i64>>,
+    /// Shuffle mode: what has been applied of each origin partition.
+    origins: Option<Origins>,
 }
 
 /// Output identities a crashed run produced after the checkpoint being
@@ -674,18 +694,30 @@ impl SourceTask {
 
         let decoder = JsonDecoder::new(&table);
         let now = Instant::now();
+        // In shuffle mode the watermark is over the origin partitions (the
+        // source topic's), as one process reading the source computes it.
         let mut tracker = WatermarkTracker::new(
-            n_partitions,
+            match &self.settings.shuffle {
+                Some(o) => o.partitions,
+                None => n_partitions,
+            },
             table.watermark.map(|w| w.delay_ms).unwrap_or(0),
             self.settings.idle_timeout,
             now,
         );
         // Partitions that do not exist never hold the watermark back.
-        for p in 0..n_partitions as i32 {
-            if !partitions.contains(&p) {
-                tracker.exclude(p as usize, now);
+        if self.settings.shuffle.is_none() {
+            for p in 0..n_partitions as i32 {
+                if !partitions.contains(&p) {
+                    tracker.exclude(p as usize, now);
+                }
             }
         }
+        let tracker_partitions = self
+            .settings
+            .shuffle
+            .as_ref()
+            .map_or(n_partitions, |o| o.partitions);
         if let Some(m) = &restored {
             tracker.restore(
                 m.max_event_times.iter().map(|(p, t)| (*p as usize, *t)),
@@ -763,6 +795,13 @@ impl SourceTask {
                 .unwrap_or_default(),
             fired_through: fired_from,
             sink_positions,
+            origins: self.settings.shuffle.clone().map(|mut o| {
+                if let Some(m) = &restored {
+                    o.applied = m.origin_offsets.clone();
+                    o.ended = m.origins_ended.iter().copied().collect();
+                }
+                o
+            }),
         };
         *self
             .counters
@@ -843,6 +882,12 @@ impl SourceTask {
         let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
         let mut spans: Vec<(usize, usize)> = Vec::with_capacity(self.settings.batch_size);
         let mut metas: Vec<RecordMeta> = Vec::with_capacity(self.settings.batch_size);
+        // Shuffle mode: each record's origin (source partition and offset),
+        // beside `metas` (its place in the repartition topic); and control
+        // records that arrived behind data still to be processed.
+        let mut origins: Vec<RecordMeta> = Vec::new();
+        let mut controls: Vec<Shuffled> = Vec::new();
+        let mut skipped_logged = 0u64;
         let mut last_error_log = Instant::now() - Duration::from_secs(60);
 
         loop {
@@ -872,8 +917,9 @@ impl SourceTask {
             buf.clear();
             spans.clear();
             metas.clear();
+            origins.clear();
             let deadline = Instant::now() + self.settings.linger;
-            while spans.len() < self.settings.batch_size {
+            while spans.len() < self.settings.batch_size && controls.is_empty() {
                 let timeout = if spans.is_empty() {
                     Duration::from_millis(50)
                 } else {
@@ -885,6 +931,48 @@ impl SourceTask {
                         let p = m.partition();
                         if finished.get(p as usize).copied().unwrap_or(false) {
                             continue;
+                        }
+                        if let Some(o) = &mut progress.origins {
+                            match crate::shuffle::classify(&m) {
+                                Shuffled::Record { partition, offset } => {
+                                    if partition < 0 || partition as usize >= o.partitions {
+                                        bail!(
+                                            "source {}: '{}' holds a record from source partition {partition}, \
+                                             but the source had {} partitions when the job started; \
+                                             a source that gained partitions needs the job submitted again under a new name",
+                                            table.name,
+                                            table.topic,
+                                            o.partitions
+                                        );
+                                    }
+                                    if !o.accept(partition, offset) {
+                                        progress.position.processed(p, m.offset());
+                                        continue;
+                                    }
+                                    origins.push(RecordMeta {
+                                        partition,
+                                        offset,
+                                        timestamp: m.timestamp().to_millis(),
+                                        key: m.key().map(Into::into),
+                                    });
+                                }
+                                Shuffled::Foreign => {
+                                    warn!(
+                                        "source {}: record at offset {} of '{}' partition {p} has no weir header; skipped",
+                                        table.name,
+                                        m.offset(),
+                                        table.topic
+                                    );
+                                    progress.position.processed(p, m.offset());
+                                    continue;
+                                }
+                                control => {
+                                    // After the data before it: it ends the batch.
+                                    controls.push(control);
+                                    progress.position.processed(p, m.offset());
+                                    continue;
+                                }
+                            }
                         }
                         let start = buf.len();
                         if let Some(payload) = m.payload() {
@@ -921,7 +1009,12 @@ impl SourceTask {
                 }
             }
             if !spans.is_empty() {
-                let decoded = self.process_records(&decoder, &buf, &spans, &metas, &mut tracker)?;
+                let view = if progress.origins.is_some() {
+                    &origins
+                } else {
+                    &metas
+                };
+                let decoded = self.process_records(&decoder, &buf, &spans, view, &mut tracker)?;
                 if let (false, Some(w)) = (windows.is_empty(), table.watermark) {
                     hold_windowed_rows(
                         &decoded,
@@ -946,6 +1039,19 @@ impl SourceTask {
                 }
                 fault::point("after-batch");
             }
+            for control in controls.drain(..) {
+                match (control, &mut progress.origins) {
+                    (Shuffled::MaxEventTime { partition, time }, _)
+                        if (partition as usize) < tracker_partitions =>
+                    {
+                        tracker.observe(partition as usize, time, Instant::now());
+                    }
+                    (Shuffled::End { partition }, Some(o)) => {
+                        o.ended.insert(partition);
+                    }
+                    _ => {}
+                }
+            }
             // A bounded partition that has ended keeps holding the watermark at
             // its last value until every partition has ended: results then do
             // not depend on how the broker interleaves partitions.
@@ -955,12 +1061,17 @@ impl SourceTask {
                 self.advance_watermark(wm)?;
                 progress.held.release_through(wm);
             }
-            if table.bounded
-                && finished
-                    .iter()
-                    .enumerate()
-                    .all(|(p, f)| *f || !partitions.contains(&(p as i32)))
-            {
+            let all_ended = match &progress.origins {
+                Some(o) => o.all_ended(),
+                None => {
+                    table.bounded
+                        && finished
+                            .iter()
+                            .enumerate()
+                            .all(|(p, f)| *f || !partitions.contains(&(p as i32)))
+                }
+            };
+            if all_ended {
                 if progress.fired_through < END_OF_TIME {
                     progress.fired_through = END_OF_TIME;
                     self.advance_watermark(END_OF_TIME)?;
@@ -972,6 +1083,16 @@ impl SourceTask {
             if last_checkpoint.elapsed() >= self.settings.checkpoint_interval {
                 self.checkpoint(&mut store, &consumer, &tracker, &mut progress)?;
                 last_checkpoint = Instant::now();
+                if let Some(o) = &progress.origins
+                    && o.skipped > skipped_logged
+                {
+                    info!(
+                        "source {}: skipped {} records a map task sent again (by origin offset)",
+                        table.name,
+                        o.skipped - skipped_logged
+                    );
+                    skipped_logged = o.skipped;
+                }
             }
         }
         self.checkpoint(&mut store, &consumer, &tracker, &mut progress)?;
@@ -1032,6 +1153,16 @@ impl SourceTask {
             taken_at_ms: chrono::Utc::now().timestamp_millis(),
             changelog: chain,
             changelog_offset: None,
+            origin_offsets: progress
+                .origins
+                .as_ref()
+                .map(|o| o.applied.clone())
+                .unwrap_or_default(),
+            origins_ended: progress
+                .origins
+                .as_ref()
+                .map(|o| o.ended.iter().copied().collect())
+                .unwrap_or_default(),
         };
         if let Some(cl) = &mut self.changelog {
             cl.commit(&self.sink, &meta)?;
@@ -1303,7 +1434,15 @@ impl SourceTask {
             })
             .insert(Header {
                 key: "weir.source.topic",
-                value: Some(&self.table.topic),
+                // In shuffle mode the record's partition and offset are its
+                // origin's, in the source topic.
+                value: Some(
+                    self.settings
+                        .shuffle
+                        .as_ref()
+                        .and_then(|o| o.source_topic.as_deref())
+                        .unwrap_or(&self.table.topic),
+                ),
             });
         if let Some((partition, offset)) = origin {
             headers = headers

@@ -45,6 +45,14 @@ pub struct CheckpointMeta {
     /// run's progress), and a restore catches up with them.
     #[serde(default)]
     pub changelog_offset: Option<i64>,
+    /// A task reading a repartition topic (cluster): per origin partition of
+    /// the source topic, the highest origin offset applied. A replayed record
+    /// (a map task repeating what it sent before its last commit) is skipped.
+    #[serde(default)]
+    pub origin_offsets: BTreeMap<i32, i64>,
+    /// Origin partitions whose end of bounded input was seen.
+    #[serde(default)]
+    pub origins_ended: Vec<i32>,
 }
 
 /// One checkpoint's records in a changelog topic.

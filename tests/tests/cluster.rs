@@ -188,37 +188,6 @@ fn workers_share_a_job_survive_a_kill_and_write_each_result_once() {
         "a bad submit publishes nothing"
     );
 
-    // So does one whose state is keyed by other than the input's key: each
-    // task sees one partition (a repartition topic is not built yet).
-    let by_merchant = dir_path.as_path().join("by-merchant.sql");
-    std::fs::write(
-        &by_merchant,
-        SQL.replace(
-            "SELECT card_id, window_start",
-            "SELECT merchant AS card_id, window_start",
-        )
-        .replace("GROUP BY card_id,", "GROUP BY merchant,"),
-    )
-    .expect("by-merchant.sql");
-    let out = weir(
-        &["submit", by_merchant.to_str().unwrap(), "--brokers", &b],
-        &job_env,
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success()
-            && stderr.contains("by-merchant.sql:")
-            && stderr.contains("repartition"),
-        "a job keyed off the input's key is refused: {stderr}"
-    );
-    assert!(
-        read_registry(&b, REGISTRY_TOPIC)
-            .expect("the registry is read")
-            .jobs
-            .is_empty(),
-        "a refused submit publishes nothing"
-    );
-
     let mut w1 = Worker::start(&b, dir_path.as_path(), 1);
     let w2 = Worker::start(&b, dir_path.as_path(), 2);
     let w3 = Worker::start(&b, dir_path.as_path(), 3);

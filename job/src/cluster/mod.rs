@@ -79,7 +79,22 @@ pub fn submit(
             );
         }
     }
-    check_keys(file, plan)?;
+    // A cluster task sees one input partition, so keyed state (window
+    // groups, OVER and SESSION partitions) not keyed by the topic's declared
+    // key goes through a repartition topic (`shuffle.rs`).
+    for (source, columns) in crate::shuffle::repartition_keys(plan) {
+        if columns.is_empty() {
+            tracing::warn!(
+                "{}: the stateful stages over source {source} share no key column: in a cluster all its rows go to one task",
+                file.display()
+            );
+        } else {
+            tracing::info!(
+                "source {source} is repartitioned by ({}): a repartition topic keeps each key's state in one task",
+                columns.join(", ")
+            );
+        }
+    }
     let name = name.unwrap_or_else(|| plan.name.clone());
     if name.is_empty() || name.contains('/') || name.chars().any(char::is_whitespace) {
         bail!("'{name}' is not a job name: use letters, digits, '-', '_' or '.'");
@@ -239,65 +254,4 @@ pub fn describe(name: &str, topics: &ClusterTopics) -> anyhow::Result<String> {
         )?;
     }
     Ok(out)
-}
-
-/// A cluster task sees one input partition, so keyed state (window groups,
-/// OVER and SESSION partitions) is only whole when the key includes the
-/// partition key. A source that declares its key (`'key.fields'`) is checked
-/// here; one that does not is taken to be keyed by what its stages group by.
-/// A repartition topic for other keys is not built yet, so such a job is
-/// refused rather than run with each key's state split over tasks.
-fn check_keys(file: &Path, plan: &weir_sql::PipelinePlan) -> anyhow::Result<()> {
-    use weir_sql::Stage;
-    for flow in &plan.flows {
-        let source = &plan.tables[&flow.source];
-        if source.key_fields.is_empty() {
-            continue;
-        }
-        for stage in &flow.stages {
-            let keys: Vec<&datafusion::prelude::Expr> = match stage {
-                Stage::WindowAggregate(w) if !w.partition_by.is_empty() => {
-                    w.partition_by.iter().collect()
-                }
-                Stage::WindowAggregate(w) => w
-                    .group
-                    .iter()
-                    .filter_map(|g| match g {
-                        weir_sql::GroupKey::Expr(e) => Some(e),
-                        _ => None,
-                    })
-                    .collect(),
-                Stage::Over(o) => o.partition_by.iter().collect(),
-                _ => continue,
-            };
-            let names: Vec<&str> = keys
-                .iter()
-                .filter_map(|e| match e {
-                    datafusion::prelude::Expr::Column(c) => Some(c.name.as_str()),
-                    _ => None,
-                })
-                .collect();
-            if let Some(k) = source
-                .key_fields
-                .iter()
-                .find(|k| !names.contains(&k.value.as_str()))
-            {
-                bail!(
-                    "{}:{}:{}: INSERT INTO {} keeps state by ({}), which does not include {}, a key field of source {} \
-                     (its 'key.fields' at line {}): in a cluster each task sees one input partition, so this \
-                     needs a repartition topic, which weir does not build yet. Group by the source's key \
-                     fields too, or run the file with `weir run`",
-                    file.display(),
-                    flow.pos.line,
-                    flow.pos.column,
-                    flow.sink,
-                    names.join(", "),
-                    k.value,
-                    source.name,
-                    k.pos.line
-                );
-            }
-        }
-    }
-    Ok(())
 }

@@ -410,15 +410,75 @@ fn run_job(
             changelog_topics.insert(s.name.clone(), topic);
         }
     }
+    // Sources whose stateful stages are keyed by something other than the
+    // topic's partition key read through a repartition topic (`shuffle.rs`):
+    // the input topic's partitions run map tasks, the repartition topic's run
+    // the flows.
+    let shuffles = crate::shuffle::repartition_keys(plan);
+    let mut roles = BTreeMap::new();
+    for (i, s) in sources.iter().enumerate() {
+        let Some(columns) = shuffles.get(&s.name) else {
+            roles.insert(s.topic.clone(), (i, s.clone(), Role::Direct));
+            continue;
+        };
+        let n = source_partitions[&s.name];
+        let topic = crate::shuffle::topic_name(&group_id, &s.name);
+        ensure_topic(&s.bootstrap_servers, &topic, n, Duration::from_secs(10))?;
+        let have = partition_count(&s.bootstrap_servers, &topic, Duration::from_secs(10))?
+            .unwrap_or(0) as i32;
+        if have != n {
+            bail!(
+                "repartition topic '{topic}' has {have} partitions, source topic '{}' {n}: \
+                 delete it (and the job's changelog topics) to start the job over",
+                s.topic
+            );
+        }
+        if columns.is_empty() {
+            warn!(
+                "job {}: the stateful stages over source {} share no key column: all its rows go to one task",
+                spec.name, s.name
+            );
+        }
+        info!(
+            "job {}: source {} is repartitioned by ({}) through '{topic}'",
+            spec.name,
+            s.name,
+            columns.join(", ")
+        );
+        roles.insert(
+            s.topic.clone(),
+            (
+                i,
+                s.clone(),
+                Role::Map {
+                    topic: topic.clone(),
+                    partitions: n,
+                    columns: columns.clone(),
+                },
+            ),
+        );
+        let mut reduce = s.clone();
+        reduce.topic = topic;
+        reduce.bounded = false;
+        reduce.startup_mode = weir_sql::StartupMode::Earliest;
+        roles.insert(
+            reduce.topic.clone(),
+            (
+                i,
+                reduce,
+                Role::Reduce {
+                    origins: n as usize,
+                    bounded: s.bounded,
+                    source_topic: s.topic.clone(),
+                },
+            ),
+        );
+    }
     let tasks = Arc::new(JobTasks {
         job: spec.name.clone(),
         models: loaded.models.values().cloned().collect(),
         factory,
-        sources: sources
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.topic.clone(), (i, s.clone())))
-            .collect(),
+        sources: roles,
         changelog_topics,
         slots: Mutex::new(BTreeMap::new()),
         leaving: Mutex::new(Vec::new()),
@@ -435,7 +495,8 @@ fn run_job(
     }
 
     let bootstrap = &sources[0].bootstrap_servers;
-    let topics: Vec<&str> = sources.iter().map(|s| s.topic.as_str()).collect();
+    let topic_names: Vec<String> = tasks.sources.keys().cloned().collect();
+    let topics: Vec<&str> = topic_names.iter().map(String::as_str).collect();
     let mut consumer = join_group(options, &group_id, bootstrap, &topics, &tasks)?;
     info!(
         "job {}: joined group {group_id} for {}",
@@ -606,13 +667,32 @@ pub struct JobTasks {
     job: String,
     factory: TaskFactory,
     models: Vec<Arc<weir_operators::Model>>,
-    /// By topic: the source's index in the plan and its table.
-    sources: BTreeMap<String, (usize, KafkaTable)>,
+    /// By topic: the source's index in the plan, its table (a repartition
+    /// topic's: the source's, reading that topic) and what its partitions run.
+    sources: BTreeMap<String, (usize, KafkaTable, Role)>,
     changelog_topics: BTreeMap<String, String>,
     slots: Mutex<BTreeMap<(String, i32), Slot>>,
     /// Revoked tasks still taking their final checkpoint.
     leaving: Mutex<Vec<(TaskKey, TaskThread)>>,
     ends: Mutex<BTreeMap<(String, i32), i64>>,
+}
+
+/// What the partitions of a topic the job's group subscribes to run.
+enum Role {
+    /// A source read directly: its flows.
+    Direct,
+    /// A repartitioned source's input: map tasks to `topic`, routed by `columns`.
+    Map {
+        topic: String,
+        partitions: i32,
+        columns: Vec<String>,
+    },
+    /// A repartition topic: the source's flows, with `origins` input partitions.
+    Reduce {
+        origins: usize,
+        bounded: bool,
+        source_topic: String,
+    },
 }
 
 struct Slot {
@@ -649,7 +729,7 @@ impl JobTasks {
                     source: self
                         .sources
                         .get(topic)
-                        .map(|s| s.1.name.clone())
+                        .map(|(_, table, _)| table.name.clone())
                         .unwrap_or_default(),
                     counters,
                     stop: Arc::new(AtomicBool::new(false)),
@@ -669,10 +749,45 @@ impl JobTasks {
         partition: i32,
         counters: Arc<TaskCounters>,
     ) -> anyhow::Result<Slot> {
-        let (index, source) = self
+        let (index, source, role) = self
             .sources
             .get(topic)
             .with_context(|| format!("no source reads topic '{topic}'"))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        if let Role::Map {
+            topic: to,
+            partitions,
+            columns,
+        } = role
+        {
+            let sink = Sink::new(&producer_config(
+                &source.bootstrap_servers,
+                &BTreeMap::new(),
+            ))?;
+            let task = self.factory.map_task(
+                source,
+                partition,
+                to,
+                *partitions,
+                columns,
+                Arc::new(sink),
+                stop.clone(),
+                counters.clone(),
+            );
+            info!("job {}: starting map task {topic}[{partition}]", self.job);
+            let handle = std::thread::Builder::new()
+                .name(format!("weir-{}-map-{partition}", source.name))
+                .spawn(move || task.run())?;
+            return Ok(Slot {
+                source: source.name.clone(),
+                counters,
+                stop,
+                handle: Some(handle),
+                state: "running",
+                error: None,
+                failed_at: None,
+            });
+        }
         let flows = self.factory.flows(source)?;
         let plan = self.factory.plan();
         let sink_tables: Vec<&KafkaTable> =
@@ -684,11 +799,10 @@ impl JobTasks {
         } else {
             Sink::new(&producer_config(
                 &sink_tables[0].bootstrap_servers,
-                &BTreeMap::new(),
+                &crate::kafka::sink_properties(sink_tables.iter().copied()),
             ))?
         };
-        let stop = Arc::new(AtomicBool::new(false));
-        let task = self.factory.task(
+        let mut task = self.factory.task(
             *index,
             source,
             flows,
@@ -698,6 +812,23 @@ impl JobTasks {
             stop.clone(),
             counters.clone(),
         );
+        if let Role::Reduce {
+            origins,
+            bounded,
+            source_topic,
+        } = role
+        {
+            task.settings.shuffle = Some(crate::shuffle::Origins {
+                partitions: *origins,
+                bounded: *bounded,
+                source_topic: Some(source_topic.clone()),
+                ..Default::default()
+            });
+            if *bounded {
+                // As for a bounded source: no origin is ever idle.
+                task.settings.idle_timeout = None;
+            }
+        }
         info!("job {}: starting task {topic}[{partition}]", self.job);
         let handle = std::thread::Builder::new()
             .name(format!("weir-{}-{partition}", source.name))
