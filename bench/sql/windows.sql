@@ -18,6 +18,10 @@ CREATE TABLE transactions (
   'properties.bootstrap.servers' = '${KAFKA_BROKERS}',
   'scan.startup.mode' = 'earliest-offset',
   'dead-letter.topic' = 'transactions-dlq',
+  -- bench/data.py keys each event by its card: a cluster job needs no
+  -- repartition for state keyed by card (cluster_bench.py --repartition
+  -- drops this line to measure one).
+  'key.fields' = 'card_id',
   'scan.bounded.mode' = 'latest-offset',
   -- tansu answers a fetch with one partition's data unless partitions are
   -- capped; capped, the four partitions are read interleaved and the

@@ -48,6 +48,10 @@ pub fn consumer_config(table: &KafkaTable, group_id: &str) -> ClientConfig {
         )
         .set("fetch.wait.max.ms", "10")
         .set("queued.min.messages", "200000")
+        // Prefetch per partition, capped in bytes too: librdkafka's default
+        // (64 MiB per partition) was a quarter of weir's peak RSS reading
+        // four partitions (BENCHMARKS.md, State size).
+        .set("queued.max.messages.kbytes", "16384")
         .set("auto.offset.reset", "earliest")
         .set("socket.connection.setup.timeout.ms", "10000");
     apply_properties(&mut c, &table.properties);
@@ -59,8 +63,11 @@ pub fn producer_config(bootstrap: &str, properties: &BTreeMap<String, String>) -
     c.set("bootstrap.servers", bootstrap)
         .set("linger.ms", "5")
         .set("batch.num.messages", "10000")
-        .set("queue.buffering.max.messages", "1000000")
-        .set("queue.buffering.max.kbytes", "1048576")
+        // What the producer may hold unacknowledged before `produce` waits
+        // (backpressure): with 1 GiB, a task that outran the broker kept its
+        // backlog in memory.
+        .set("queue.buffering.max.messages", "500000")
+        .set("queue.buffering.max.kbytes", "131072")
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("socket.connection.setup.timeout.ms", "10000");

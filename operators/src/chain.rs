@@ -48,6 +48,12 @@ impl Chain {
         Ok(pending)
     }
 
+    /// The lowest watermark at which some operator would emit (see
+    /// `Operator::next_emission`).
+    pub fn next_emission(&self) -> Option<i64> {
+        self.ops.iter().filter_map(|op| op.next_emission()).min()
+    }
+
     /// The watermark operator `op` has been given (and fired through).
     pub fn watermark(&self, op: usize) -> i64 {
         self.watermarks[op]

@@ -151,6 +151,15 @@ pub trait Operator: Send {
         Ok(())
     }
 
+    /// The next watermark at which advancing would make this operator emit
+    /// (a window to fire), if it knows one. When the watermark jumps (the end
+    /// of bounded input, a source catching up), the task advances through
+    /// these points one at a time and writes each step's output before the
+    /// next is computed, so memory holds one window's results, not all.
+    fn next_emission(&self) -> Option<i64> {
+        None
+    }
+
     /// The watermark the operators after this one may see, once this one has
     /// seen `input`: the same, unless it holds rows back (a temporal join
     /// waiting for its table).

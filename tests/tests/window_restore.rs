@@ -258,3 +258,46 @@ fn panes_moved_over_the_budget_come_back_whole_after_a_crash() {
     // Big enough that panes are copied at checkpoints before some are moved.
     crash_and_restore(1 << 20, false);
 }
+
+/// A watermark that jumps (the end of bounded input) is advanced by the task
+/// through `Chain::next_emission`, one window end at a time, so each step's
+/// results are written before the next is computed. Stepping must give what
+/// one jump gives, one window end per step.
+#[test]
+fn a_jumping_watermark_steps_one_window_end_at_a_time() {
+    let mut jump = pipeline();
+    jump.feed(0, 30_000, |_, _| {});
+    jump.finish();
+
+    let mut stepped = pipeline();
+    stepped.feed(0, 30_000, |_, _| {});
+    let mut steps = 0;
+    let mut from = i64::MIN;
+    while let Some(due) = stepped.chain.next_emission() {
+        assert!(due > from, "next_emission moves forward: {due} after {from}");
+        let before = stepped.results.len();
+        let out = stepped
+            .chain
+            .advance_watermark(due, &mut Context::default())
+            .unwrap();
+        stepped.collect(out);
+        let ends: std::collections::BTreeSet<&String> = stepped.results[before..]
+            .iter()
+            .map(|((_, end), _)| end)
+            .collect();
+        assert_eq!(ends.len(), 1, "step {steps} emits one window end: {ends:?}");
+        from = due;
+        steps += 1;
+    }
+    let before = stepped.results.len();
+    stepped.finish();
+    assert_eq!(stepped.results.len(), before, "nothing is left after the steps");
+    assert!(steps >= 3, "open windows were stepped through: {steps}");
+    let sorted = |mut r: Vec<Emitted>| {
+        r.sort_by(|a, b| a.0.cmp(&b.0));
+        r
+    };
+    let (a, b) = (sorted(jump.results), sorted(stepped.results));
+    assert_eq!(a.len(), b.len());
+    assert!(a == b, "stepping and one jump give the same results");
+}

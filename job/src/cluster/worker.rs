@@ -760,10 +760,19 @@ impl JobTasks {
             columns,
         } = role
         {
-            let sink = Sink::new(&producer_config(
-                &source.bootstrap_servers,
-                &BTreeMap::new(),
-            ))?;
+            // A map task reads faster than the window tasks behind it; a
+            // small producer queue makes it wait for them (a full queue
+            // blocks `produce`) instead of holding the backlog in memory:
+            // peak RSS went from 816 MiB to 1.39 GiB with the default 1 GiB
+            // queue (BENCHMARKS.md, Worker cluster).
+            let properties = BTreeMap::from([
+                ("queue.buffering.max.kbytes".to_owned(), "65536".to_owned()),
+                (
+                    "queue.buffering.max.messages".to_owned(),
+                    "100000".to_owned(),
+                ),
+            ]);
+            let sink = Sink::new(&producer_config(&source.bootstrap_servers, &properties))?;
             let task = self.factory.map_task(
                 source,
                 partition,

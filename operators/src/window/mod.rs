@@ -935,6 +935,11 @@ impl Operator for WindowAggregateOp {
         self.advance(watermark, out)
     }
 
+    fn next_emission(&self) -> Option<i64> {
+        // Panes are ordered by end; windows fire at pane ends.
+        self.panes.values().find(|p| !p.fired).map(|p| p.end - 1)
+    }
+
     fn is_stateful(&self) -> bool {
         true
     }
