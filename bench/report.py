@@ -10,6 +10,12 @@ its section say "not run":
   e2e.jsonl        one JSON object per run from bench/weir_bench.py (kind weir,
                    weir-no-predict, bare) and bench/run.py (kind python with a
                    mode, flink-full, flink-small)
+  latency.jsonl    bench/latency_bench.py (kind latency), one per (rate, mode) run
+  state.jsonl      bench/weir_bench.py's weir variant on bench/many_keys.py's
+                   events (the file name keys-<events>-<cards>.jsonl gives
+                   the keys)
+  cluster.jsonl    bench/cluster_bench.py (kind cluster), direct and with
+                   --repartition
   criterion/       criterion's output of `cargo bench --bench operators`:
                    <id>/new/estimates.json (ns per iteration) and
                    <id>/new/benchmark.json (throughput {"Elements": rows})
@@ -26,6 +32,7 @@ in the same session on the same machine.
 import glob
 import json
 import os
+import re
 import statistics
 import sys
 
@@ -92,7 +99,8 @@ def load_jsonl(path):
 
 # ---------------------------------------------------------------- machine
 
-def machine_section(res, e2e):
+def machine_section(res, timed):
+    """timed: [(what, runs)] of the steps whose runs record loadavg_before."""
     print("## Machine\n")
     path = os.path.join(res, "machine.json")
     if not os.path.exists(path):
@@ -116,9 +124,11 @@ def machine_section(res, e2e):
         ("Flink", "apache-flink %s, %s" % (m["pyflink"], m.get("java")) if m.get("pyflink") else None),
         ("load average at start", " / ".join("%.2f" % x for x in m.get("loadavg") or []) + " (1, 5, 15 min)"),
     ]
-    la = [r["loadavg_before"] for r in e2e if r.get("loadavg_before") is not None]
-    if la:
-        rows.append(("load average before each end-to-end run", "%.2f-%.2f (1 min)" % (min(la), max(la))))
+    for what, recs in timed:
+        la = [r["loadavg_before"] for r in recs if r.get("loadavg_before") is not None]
+        if la:
+            rng = "%.2f" % min(la) if "%.2f" % min(la) == "%.2f" % max(la) else "%.2f-%.2f" % (min(la), max(la))
+            rows.append(("load average before each %s run" % what, "%s (1 min)" % rng))
     print("| | |\n| --- | --- |")
     for k, v in rows:
         if v:
@@ -262,6 +272,220 @@ def e2e_section(recs):
             print("- " + line)
         print()
     checks_e2e(groups)
+
+
+# ---------------------------------------------------------------- latency
+
+LAT_MODES = ["at-least-once", "exactly-once"]
+LAT_TARGET = (20000, "at-least-once", 50)  # issue 6 item 4: p99 < 50 ms at 20k events/s
+
+
+def values_text(recs, field, fmt=str):
+    """The distinct values of a setting over the runs, for the section's prose."""
+    vals = sorted({r.get(field) for r in recs if r.get(field) is not None}, key=lambda v: (str(type(v)), v))
+    return " / ".join(fmt(v) for v in vals) if vals else "?"
+
+
+def latency_section(recs):
+    print("## Latency\n")
+    recs = [r for r in recs if r.get("kind") == "latency"]
+    if not recs:
+        print("not run (no latency.jsonl)\n")
+        return
+    groups = {}
+    for r in recs:
+        groups.setdefault((r.get("target_rate"), r.get("mode")), []).append(r)
+
+    def order(key):
+        rate, mode = key
+        return (rate or 0, LAT_MODES.index(mode) if mode in LAT_MODES else len(LAT_MODES), mode or "")
+    keys = sorted(groups, key=order)
+    print("`bench/latency_bench.py`: `weir run` scoring every event (`predict` with `fraud.onnx`, unbounded, "
+          "`checkpoint.interval` %s) fed at a fixed rate into a %s-partition topic on tansu; latency from each "
+          "event's produce time to its prediction's arrival at a consumer; %s s measured after %s s of warm-up; "
+          "a fresh broker and weir per run. weir and tansu in cores (CPU-s per second of the measured window), "
+          "weir's CPU-µs per event and peak RSS; lost / dup are summed over the runs. Median (min-max) over "
+          "the runs.\n" % (values_text(recs, "checkpoint_interval"), values_text(recs, "partitions"),
+                           values_text(recs, "duration_s", "{:g}".format),
+                           values_text(recs, "warmup_s", "{:g}".format)))
+    print("| mode | target events/s | runs | achieved events/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms "
+          "| lost / dup | weir cores | weir CPU-µs per event | weir peak RSS MiB | tansu cores |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for rate, mode in keys:
+        rs = groups[(rate, mode)]
+        col = lambda f: spread([r.get(f) for r in rs])  # noqa: E731
+        lost = sum(r.get("lost") or 0 for r in rs)
+        dup = sum(r.get("duplicates") or 0 for r in rs)
+        print("| %s | %s | %d | %s | %s | %s | %s | %s | %s | %s / %s | %s | %s | %s | %s |" % (
+            mode, num(rate), len(rs), col("achieved_rate"), col("p50_ms"), col("p90_ms"), col("p99_ms"),
+            col("p999_ms"), col("max_ms"), num(lost), num(dup), col("weir_cpu_per_s"), col("weir_cpu_us_per_event"),
+            col("weir_peak_rss_mib"), col("broker_cpu_per_s")))
+    print()
+
+    notes = []
+    rate, mode, limit = LAT_TARGET
+    t = groups.get((rate, mode))
+    if t:
+        p99 = [r["p99_ms"] for r in t if r.get("p99_ms") is not None]
+        met = sum(1 for v in p99 if v < limit)
+        notes.append("target (issue 6): p99 < %s ms at %s events/s, %s: p99 %s ms: %s" % (
+            num(limit), num(rate), mode, spread(p99),
+            "**met**" if met == len(p99) else "**not met**" if not met else
+            "met in %d of %s" % (met, runs(len(p99)))))
+    dead = sum(r.get("weir_dead_lettered") or 0 for r in recs)
+    notes.append("%s dead-lettered over %s" % (num(dead), runs(len(recs))))
+    for key in keys:
+        rs = groups[key]
+        short = [r for r in rs if r.get("achieved_rate") and key[0] and r["achieved_rate"] < 0.99 * key[0]]
+        if short:
+            notes.append("%s at %s events/s: the producer fell short of the rate in %s (achieved %s; "
+                         "`note` and `producer_behind_*_ms` in the JSON)" % (
+                             key[1], num(key[0]), runs(len(short)), spread([r["achieved_rate"] for r in short])))
+    gen = {}
+    for r in recs:
+        if r.get("producer_cpu_per_s") is not None and r.get("consumer_cpu_per_s") is not None:
+            gen.setdefault(r.get("target_rate"), []).append(r["producer_cpu_per_s"] + r["consumer_cpu_per_s"])
+    if gen:
+        notes.append("the load generator's own cores (Python producer + consumer, on the same machine): %s" %
+                     ", ".join("%s at %s/s" % (spread(gen[k]), num(k)) for k in sorted(gen, key=lambda k: k or 0)))
+    print("Checks:\n")
+    for n in notes:
+        print("- " + n)
+    print()
+
+
+# ---------------------------------------------------------------- state size
+
+STATE_TARGET_MIB = 1024  # issue 6: peak RSS under 1 GiB with 1M keys open
+
+
+def keys_of(r):
+    """(events, cards) from bench.sh's file name keys-<events>-<cards>.jsonl, else (None, None)."""
+    m = re.search(r"keys-(\d+)-(\d+)\.jsonl$", r.get("events_file") or "")
+    return (int(m.group(1)), int(m.group(2))) if m else (None, None)
+
+
+def state_section(recs):
+    print("## State size\n")
+    recs = [r for r in recs if r.get("kind") == "weir"]
+    if not recs:
+        print("not run (no state.jsonl)\n")
+        return
+    groups = {}
+    for r in recs:
+        groups.setdefault((r.get("events"), keys_of(r)[1]), []).append(r)
+    print("`bench/weir_bench.py`'s `weir` variant (`weir run bench/sql/windows.sql`, bounded, %s partitions) on "
+          "`bench/many_keys.py`'s events: every card buys within the same 5 minutes, so the HOP(1 min, 10 min) "
+          "windows hold every card's key at once, and all of them fire at the end of the input. Target: peak RSS "
+          "under 1 GiB (%s MiB) with 1M keys. Median (min-max) over the runs.\n"
+          % (values_text(recs, "partitions"), num(STATE_TARGET_MIB)))
+    print("| events | keys (cards) | runs | peak RSS MiB | ÷ 1 GiB | CPU-s per 1M events | events/s | records out "
+          "| broker CPU-s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for (events, cards), rs in sorted(groups.items(), key=lambda kv: (kv[0][0] or 0, kv[0][1] or 0)):
+        col = lambda f: spread([r.get(f) for r in rs])  # noqa: E731
+        rss = [r["peak_rss_mib"] for r in rs if r.get("peak_rss_mib") is not None]
+        print("| %s | %s | %d | %s | %s | %s | %s | %s | %s |" % (
+            num(events), num(cards), len(rs), col("peak_rss_mib"),
+            ratio_text([v / STATE_TARGET_MIB for v in rss], pct=True), col("cpu_s_per_million_events"),
+            col("events_per_s"), col("records_out"), col("broker_cpu_s")))
+    print()
+    notes = []
+    for (events, cards), rs in sorted(groups.items(), key=lambda kv: (kv[0][0] or 0, kv[0][1] or 0)):
+        rss = [r["peak_rss_mib"] for r in rs if r.get("peak_rss_mib") is not None]
+        under = sum(1 for v in rss if v < STATE_TARGET_MIB)
+        if rss:
+            notes.append("%s: peak RSS %s MiB, %s" % (
+                "%s keys" % num(cards) if cards else "keys unknown (the file is not named keys-<events>-<cards>.jsonl)",
+                spread(rss),
+                "**under** the 1 GiB target" if under == len(rss) else
+                "**above** the 1 GiB target" if not under else
+                "under the 1 GiB target in %d of %s" % (under, runs(len(rss)))))
+        notes.append("%s events: %s late, %s dead-lettered over %s" % (
+            num(events), num(sum(r.get("late") or 0 for r in rs)),
+            num(sum(r.get("dead_lettered") or 0 for r in rs)), runs(len(rs))))
+        outs = {r.get("records_out") for r in rs if r.get("records_out") is not None}
+        if len(outs) > 1:
+            notes.append("records out at %s events **differ**: %s" % (
+                num(events), ", ".join(num(o) for o in sorted(outs))))
+        elif outs and len(rs) > 1:
+            notes.append("records out at %s events: %s in every run" % (num(events), num(outs.pop())))
+    print("Checks:\n")
+    for n in notes:
+        print("- " + n)
+    print()
+
+
+# ---------------------------------------------------------------- worker cluster
+
+def cluster_section(recs, e2e):
+    print("## Worker cluster\n")
+    recs = [r for r in recs if r.get("kind") == "cluster"]
+    if not recs:
+        print("not run (no cluster.jsonl)\n")
+        return
+    groups = {}
+    for r in recs:
+        groups.setdefault((bool(r.get("repartition")), r.get("workers"), r.get("events")), []).append(r)
+    keys = sorted(groups, key=lambda k: (k[0], k[1] or 0, -(k[2] or 0)))
+    cluster_events = sorted({k[2] for k in keys if k[2]})
+
+    # weir run's reference: the `weir` variant of e2e.jsonl at the cluster's
+    # event count if there is one, else its largest.
+    weir_groups = {}
+    for r in e2e:
+        if r.get("kind") == "weir":
+            weir_groups.setdefault(r.get("events"), []).append(r)
+    ref_events = None
+    if weir_groups:
+        same = [e for e in cluster_events if e in weir_groups]
+        ref_events = same[0] if same else max(weir_groups, key=lambda e: e or 0)
+    ref = weir_groups.get(ref_events, [])
+
+    parts = values_text(recs, "partitions")
+    print("`bench/cluster_bench.py`: the events in a %s-partition topic on a fresh tansu broker, "
+          "`bench/sql/windows.sql` (bounded) submitted to N `weir worker` processes on this machine; wall time "
+          "from the submit until every task reports `finished`, CPU-s the workers' together per million input "
+          "events, peak RSS the largest worker's. Repartitioned: the source without `'key.fields'`, read through "
+          "a repartition topic (a map and a window task per partition). The `weir run` row is the `weir` variant "
+          "of the end-to-end table. Median (min-max) over the runs.\n" % parts)
+    print("| | events | runs | wall s | events/s | CPU-s per 1M events | ÷ `weir run` CPU | peak RSS MiB per worker "
+          "| broker CPU-s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    if ref:
+        col = lambda f: spread([r.get(f) for r in ref])  # noqa: E731
+        print("| `weir run` (one process, one source task reading every partition) | %s | %d | %s | %s | %s | "
+              "(reference) | %s | %s |" % (num(ref_events), len(ref), col("wall_s"), col("events_per_s"),
+                                          col("cpu_s_per_million_events"), col("peak_rss_mib"),
+                                          col("broker_cpu_s")))
+    for rep_, workers, events in keys:
+        rs = groups[(rep_, workers, events)]
+        p = rs[0].get("partitions")
+        who = "cluster, %s worker%s" % (num(workers), "" if workers == 1 else "s")
+        if rep_:
+            who += ", repartitioned (%s map + %s window tasks)" % (num(p), num(p)) if p else ", repartitioned"
+        elif p:
+            who += " (%s tasks%s)" % (num(p), "" if workers == 1 else " in all")
+        col = lambda f: spread([r.get(f) for r in rs])  # noqa: E731
+        rat = ratio_text(ratios(rs, ref, paired=False)[0]) if ref else "-"
+        print("| %s | %s | %d | %s | %s | %s | %s | %s | %s |" % (
+            who, num(events), len(rs), col("wall_s"), col("events_per_s"), col("cpu_s_per_million_events"), rat,
+            col("peak_rss_mib_per_worker"), col("broker_cpu_s")))
+    print()
+    if ref:
+        ce = ", ".join(num(e) for e in cluster_events)
+        if cluster_events == [ref_events]:
+            same = "both at %s events" % ce
+        else:
+            same = ("`weir run` at %s events (BENCH_EVENTS), the cluster at %s (BENCH_PEER_EVENTS): per-million "
+                    "figures, but the fixed costs (start-up, model load, the last windows) weigh more in the "
+                    "smaller run; `BENCH_EVENTS=%s` makes the counts equal" % (num(ref_events), ce,
+                                                                                  cluster_events[0]))
+        print("÷ `weir run` CPU: the row's CPU-s per 1M events over the `weir` variant's in e2e.jsonl, over all "
+              "pairs of runs (the two were run at different times of the session); %s.\n" % same)
+    else:
+        print("No `weir` variant in e2e.jsonl (the e2e step skipped, or `weir` not in BENCH_VARIANTS): no ratio "
+              "against `weir run`.\n")
 
 
 def cheaper(vals, what):
@@ -438,10 +662,16 @@ def main(argv):
     e2e = load_jsonl(os.path.join(res, "e2e.jsonl"))
     crit = load_criterion(res)
     ort = load_jsonl(os.path.join(res, "ort.jsonl"))
+    lat = load_jsonl(os.path.join(res, "latency.jsonl"))
+    state = load_jsonl(os.path.join(res, "state.jsonl"))
+    cluster = load_jsonl(os.path.join(res, "cluster.jsonl"))
     print("# weir benchmarks\n")
     print("Generated by `bench/report.py %s`.\n" % os.path.normpath(res))
-    machine_section(res, e2e)
+    machine_section(res, [("end-to-end", e2e), ("latency", lat), ("state-size", state)])
     e2e_section(e2e)
+    latency_section(lat)
+    state_section(state)
+    cluster_section(cluster, e2e)
     scoring_section(crit, ort)
     operators_section(crit)
     commands_section(res)

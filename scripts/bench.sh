@@ -5,21 +5,35 @@
 #      librdkafka consumer (bench/weir_bench.py)
 #   2. the peers on the same data: the Python baseline (bench/run.py python),
 #      Flink if its venv exists (bench/run.py flink)
-#   3. operators (criterion: scoring, JSON, HOP windows), then onnxruntime on
+#   3. latency: weir scoring every event at fixed rates, at-least-once and
+#      exactly-once (bench/latency_bench.py)
+#   4. state size: weir on 1M keys open at once (bench/many_keys.py's data,
+#      bench/weir_bench.py)
+#   5. worker cluster: 1 and 2 `weir worker`s, direct and through a
+#      repartition topic, on the peers' events (bench/cluster_bench.py)
+#   6. operators (criterion: scoring, JSON, HOP windows), then onnxruntime on
 #      the same scoring rows right after (bench/scoring/ort_bench.py)
-#   4. bench/report.py: medians (min-max) and the ratios, as markdown
+#   7. bench/report.py: medians (min-max) and the ratios, as markdown
 # Installs what it needs first (libclang-dev via scripts/setup.sh, tansu as
 # scripts/test.sh does, the Python packages with pip --user).
 #
 # Knobs (environment), defaults in brackets; bench/README.md has more:
 #   BENCH_SKIP          comma list of steps to leave out: tansu,pip,build,e2e,
-#                       python,flink,criterion,ort []
+#                       python,flink,latency,state,cluster,criterion,ort []
 #   BENCH_EVENTS        events for weir's end-to-end runs [5000000]
-#   BENCH_PEER_EVENTS   events for the Python baseline and Flink [1000000]
+#   BENCH_PEER_EVENTS   events for the Python baseline, Flink and the cluster
+#                       runs [1000000]
 #   BENCH_REPEAT        runs of each weir variant [3]
 #   BENCH_PEER_REPEAT   runs of the Python baseline and Flink [1]
 #   BENCH_VARIANTS      weir_bench.py variants [weir,weir-no-predict,bare]
 #   BENCH_PER_MESSAGE   1: also the per-message Python baseline (~6 min per 1M) [0]
+#   BENCH_LAT_RATES     latency: events/s, comma list [20000,100000]
+#   BENCH_LAT_DURATION  latency: measured seconds per (rate, mode) [20]
+#   BENCH_LAT_REPEAT    latency: runs of each (rate, mode) [1]
+#   BENCH_KEYS_EVENTS   state size: events (bench/many_keys.py) [2000000]
+#   BENCH_KEYS_CARDS    state size: distinct cards, i.e. keys open at once [1000000]
+#   BENCH_KEYS_REPEAT   state size: runs of weir (~4.5 min each) [1]
+#   BENCH_CLUSTER_REPEAT cluster: runs of each (workers, repartition) [1]
 #   BENCH_DATA          where the generated event files are kept [~/.cache/weir/bench]
 #   BENCH_RESULTS       the results directory [bench/results/<UTC time>]
 #   BENCH_FLINK_PYTHON  the Flink venv's python [~/.venvs/flink/bin/python]
@@ -35,12 +49,19 @@ BENCH_REPEAT="${BENCH_REPEAT:-3}"
 BENCH_PEER_REPEAT="${BENCH_PEER_REPEAT:-1}"
 BENCH_VARIANTS="${BENCH_VARIANTS:-weir,weir-no-predict,bare}"
 BENCH_PER_MESSAGE="${BENCH_PER_MESSAGE:-0}"
+BENCH_LAT_RATES="${BENCH_LAT_RATES:-20000,100000}"
+BENCH_LAT_DURATION="${BENCH_LAT_DURATION:-20}"
+BENCH_LAT_REPEAT="${BENCH_LAT_REPEAT:-1}"
+BENCH_KEYS_EVENTS="${BENCH_KEYS_EVENTS:-2000000}"
+BENCH_KEYS_CARDS="${BENCH_KEYS_CARDS:-1000000}"
+BENCH_KEYS_REPEAT="${BENCH_KEYS_REPEAT:-1}"
+BENCH_CLUSTER_REPEAT="${BENCH_CLUSTER_REPEAT:-1}"
 BENCH_DATA="${BENCH_DATA:-$HOME/.cache/weir/bench}"
 export BENCH_FLINK_PYTHON="${BENCH_FLINK_PYTHON:-$HOME/.venvs/flink/bin/python}" # machine.py reads it too
 RES="${BENCH_RESULTS:-$ROOT/bench/results/$(date -u +%Y%m%dT%H%M%SZ)}"
-PARTITIONS=4 # the input topic's partitions, the same for weir and the Python baseline
+PARTITIONS=4 # the input topic's partitions, the same for every step that makes one
 
-STEPS=(tansu pip build e2e python flink criterion ort)
+STEPS=(tansu pip build e2e python flink latency state cluster criterion ort)
 for s in ${BENCH_SKIP//,/ }; do
   [[ " ${STEPS[*]} " == *" $s "* ]] || { echo "BENCH_SKIP: unknown step '$s' (steps: ${STEPS[*]})" >&2; exit 2; }
 done
@@ -80,8 +101,12 @@ trap finish EXIT
 
 # ----------------------------------------------------------------- installs
 
-needs_broker=1
-if skip e2e && skip python; then needs_broker=0; fi
+# The steps that run the release weir binary; they and the Python baseline
+# need the broker.
+uses_weir=0
+for s in e2e latency state cluster; do skip $s || uses_weir=1; done
+needs_broker=$uses_weir
+if ! skip python; then needs_broker=1; fi
 
 if ((needs_broker)) && ! skip tansu && [[ -z ${TANSU_BIN:-} ]] && ! command -v tansu >/dev/null 2>&1; then
   step "installing the test broker (about 10 min, once)"
@@ -112,6 +137,8 @@ if ! skip build; then
   step "build"
   if ! skip e2e; then
     run cargo build --release -j "$JOBS" --bin weir --example bare_consumer
+  elif ((uses_weir)); then
+    run cargo build --release -j "$JOBS" --bin weir
   fi
   if ! skip criterion; then
     # Compile now so the timed step below only runs the benchmarks.
@@ -133,6 +160,17 @@ ensure_events() {
   mv "$f.partial" "$f"
 }
 
+# ensure_keys N K FILE: N events over K cards that all buy within the same 5
+# minutes (bench/many_keys.py, seed 7), so the windows hold K keys at once;
+# kept like ensure_events. 2M events take ~25 s.
+ensure_keys() {
+  local n=$1 k=$2 f=$3
+  [[ -s $f ]] && return 0
+  mkdir -p "$(dirname "$f")"
+  run python3 bench/many_keys.py --events "$n" --cards "$k" --out "$f.partial"
+  mv "$f.partial" "$f"
+}
+
 run_flink=0
 if ! skip flink; then
   if [[ -x $BENCH_FLINK_PYTHON ]]; then
@@ -145,11 +183,16 @@ fi
 step "data"
 EVENTS="$BENCH_DATA/events-$BENCH_EVENTS.jsonl"
 PEER_EVENTS="$BENCH_DATA/events-$BENCH_PEER_EVENTS.jsonl"
+# report.py reads the events and cards back from this name.
+KEYS="$BENCH_DATA/keys-$BENCH_KEYS_EVENTS-$BENCH_KEYS_CARDS.jsonl"
 if ! skip e2e; then
   ensure_events "$BENCH_EVENTS" "$EVENTS"
 fi
-if ! skip python || ((run_flink)); then
+if ! skip python || ((run_flink)) || ! skip cluster; then
   ensure_events "$BENCH_PEER_EVENTS" "$PEER_EVENTS"
+fi
+if ! skip state; then
+  ensure_keys "$BENCH_KEYS_EVENTS" "$BENCH_KEYS_CARDS" "$KEYS"
 fi
 
 # The machine's details, just before the first timed run (the load average
@@ -188,6 +231,37 @@ if ((run_flink)); then
     --flink-python "$BENCH_FLINK_PYTHON" --repeat "$BENCH_PEER_REPEAT" --log "$RES/e2e.jsonl"
   rm -rf "$FLINK_TMP"
   FLINK_TMP=""
+fi
+
+# ----------------------------------------------------------------- latency, state, cluster
+
+if ! skip latency; then
+  step "latency: $BENCH_LAT_RATES events/s, at-least-once and exactly-once, ${BENCH_LAT_DURATION} s measured," \
+    "runs of each: $BENCH_LAT_REPEAT (~1 min per rate and mode)"
+  # Per (rate, mode): a fresh broker and a fresh `weir run` scoring every event.
+  run python3 bench/latency_bench.py --rates "$BENCH_LAT_RATES" --modes at-least-once,exactly-once \
+    --duration "$BENCH_LAT_DURATION" --warmup 5 --partitions "$PARTITIONS" --repeat "$BENCH_LAT_REPEAT" \
+    --log "$RES/latency.jsonl"
+fi
+
+if ! skip state; then
+  step "state size: $BENCH_KEYS_EVENTS events over $BENCH_KEYS_CARDS keys, runs: $BENCH_KEYS_REPEAT (~4.5 min each)"
+  # weir_bench.py's `weir` variant (windows.sql) on data that holds every key
+  # open at once: the figure is peak RSS (target: under 1 GiB at 1M keys).
+  run python3 bench/weir_bench.py --events-file "$KEYS" --partitions "$PARTITIONS" --variants weir \
+    --repeat "$BENCH_KEYS_REPEAT" --log "$RES/state.jsonl"
+fi
+
+if ! skip cluster; then
+  step "worker cluster: 1 and 2 workers, direct and repartitioned, $BENCH_PEER_EVENTS events," \
+    "runs of each: $BENCH_CLUSTER_REPEAT (~3 min per set)"
+  # windows.sql submitted to N `weir worker`s; report.py sets the figures
+  # beside the `weir` variant of e2e.jsonl (CPU-s per 1M events).
+  run python3 bench/cluster_bench.py --events-file "$PEER_EVENTS" --partitions "$PARTITIONS" --workers 1,2 \
+    --repeat "$BENCH_CLUSTER_REPEAT" --log "$RES/cluster.jsonl"
+  # Without the source's 'key.fields': through a repartition topic.
+  run python3 bench/cluster_bench.py --events-file "$PEER_EVENTS" --partitions "$PARTITIONS" --workers 1,2 \
+    --repartition --repeat "$BENCH_CLUSTER_REPEAT" --log "$RES/cluster.jsonl"
 fi
 
 # ----------------------------------------------------------------- operators, scoring

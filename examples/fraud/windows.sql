@@ -24,6 +24,9 @@ CREATE TABLE transactions (
   'properties.bootstrap.servers' = '${KAFKA_BROKERS:-embedded}',
   'scan.startup.mode' = 'earliest-offset',
   'dead-letter.topic' = 'transactions-dlq',
+  -- The topic is keyed by card: a cluster job keeps state by card without
+  -- a repartition topic.
+  'key.fields' = 'card_id',
   -- Only on the embedded broker: synthetic transactions, 2000 a second.
   'embedded.generator' = 'fraud',
   'embedded.generator.rate' = '2000'

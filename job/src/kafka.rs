@@ -48,9 +48,9 @@ pub fn consumer_config(table: &KafkaTable, group_id: &str) -> ClientConfig {
         )
         .set("fetch.wait.max.ms", "10")
         .set("queued.min.messages", "200000")
-        // Prefetch per partition, capped in bytes too: librdkafka's default
-        // (64 MiB per partition) was a quarter of weir's peak RSS reading
-        // four partitions (BENCHMARKS.md, State size).
+        // Prefetch per partition, capped in bytes too (librdkafka's default:
+        // 64 MiB per partition). The 1M-keys run's peak RSS went from 1196
+        // to 1119 MiB with it, within the noise (BENCHMARKS.md, State size).
         .set("queued.max.messages.kbytes", "16384")
         .set("auto.offset.reset", "earliest")
         .set("socket.connection.setup.timeout.ms", "10000");
@@ -64,8 +64,8 @@ pub fn producer_config(bootstrap: &str, properties: &BTreeMap<String, String>) -
         .set("linger.ms", "5")
         .set("batch.num.messages", "10000")
         // What the producer may hold unacknowledged before `produce` waits
-        // (backpressure): with 1 GiB, a task that outran the broker kept its
-        // backlog in memory.
+        // (backpressure): a bound on memory (was 1 GiB). It did not change
+        // the 1M-keys run's peak RSS or its speed (BENCHMARKS.md, State size).
         .set("queue.buffering.max.messages", "500000")
         .set("queue.buffering.max.kbytes", "131072")
         .set("enable.idempotence", "true")

@@ -99,7 +99,7 @@ pub fn repartition_keys(plan: &PipelinePlan) -> BTreeMap<String, Vec<String>> {
             let columns: BTreeSet<String> = keys
                 .iter()
                 .filter_map(|e| match e {
-                    Expr::Column(c) => input.index_of_column(c).ok(),
+                    Expr::Column(c) => column_index(input, c),
                     _ => None,
                 })
                 .filter_map(|i| source_column(&flow.stages[..k], input, i))
@@ -139,7 +139,7 @@ fn source_column(
                 }
             }
             Stage::Project { input, exprs, .. } => match exprs.get(index)?.clone().unalias() {
-                Expr::Column(c) => index = input.index_of_column(&c).ok()?,
+                Expr::Column(c) => index = column_index(input, &c)?,
                 _ => return None,
             },
             Stage::Lookup(l) => {
@@ -159,6 +159,27 @@ fn source_column(
         Some(Stage::WindowAggregate(_) | Stage::Over(_)) => return None,
     };
     Some(index_name(input, index))
+}
+
+/// Where column `c` is in `schema`: by its qualified name, else by its name
+/// alone if one field has it (a query's alias, `t.card_id`, need not be the
+/// qualifier the stage's input schema carries).
+fn column_index(
+    schema: &datafusion::common::DFSchemaRef,
+    c: &datafusion::common::Column,
+) -> Option<usize> {
+    if let Ok(i) = schema.index_of_column(c) {
+        return Some(i);
+    }
+    let mut named = schema
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| f.name() == &c.name);
+    match (named.next(), named.next()) {
+        (Some((i, _)), None) => Some(i),
+        _ => None,
+    }
 }
 
 fn index_name(schema: &datafusion::common::DFSchemaRef, index: usize) -> String {
@@ -598,6 +619,79 @@ mod tests {
             .collect();
         assert_eq!(spread.len(), 6);
         assert_eq!(route(&[], 0, 6), 0);
+    }
+
+    fn keys_of(sql: &str) -> BTreeMap<String, Vec<String>> {
+        let plan = crate::load::plan_text(std::path::Path::new("t.sql"), sql, &|_| None)
+            .expect("the SQL plans");
+        repartition_keys(&plan)
+    }
+
+    const SOURCE: &str = r#"
+CREATE TABLE tx (card_id TEXT, merchant TEXT, amount DOUBLE, ts TIMESTAMP(3),
+                 WATERMARK FOR ts AS ts - INTERVAL '5' SECOND)
+  WITH ('connector' = 'kafka', 'topic' = 'tx', 'format' = 'json',
+        'properties.bootstrap.servers' = 'localhost:1' KEY);
+CREATE TABLE out WITH ('connector' = 'kafka', 'topic' = 'out', 'format' = 'json',
+        'properties.bootstrap.servers' = 'localhost:1');
+"#;
+
+    fn with_key(key: &str) -> String {
+        SOURCE.replace(" KEY", &format!(", 'key.fields' = '{key}'"))
+    }
+
+    const BY_MERCHANT: &str = "INSERT INTO out SELECT m, window_end, n FROM (
+        SELECT merchant AS m, window_start, window_end, count(*) AS n
+        FROM TABLE(TUMBLE(TABLE tx, DESCRIPTOR(ts), INTERVAL '1' MINUTE))
+        WHERE amount > 1
+        GROUP BY merchant, window_start, window_end);";
+
+    #[test]
+    fn state_keyed_by_the_declared_key_needs_no_repartition() {
+        let sql = with_key("card_id")
+            + "INSERT INTO out SELECT card_id, window_end, count(*) AS n
+               FROM TABLE(TUMBLE(TABLE tx, DESCRIPTOR(ts), INTERVAL '1' MINUTE))
+               GROUP BY card_id, window_start, window_end;";
+        assert!(keys_of(&sql).is_empty());
+        // The fraud example: OVER windows by card after a lookup join.
+        let example =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/fraud/pipeline.sql");
+        let text = std::fs::read_to_string(&example).expect("the example");
+        let plan = crate::load::plan_text(&example, &text, &|_| None).expect("it plans");
+        assert!(repartition_keys(&plan).is_empty());
+        // Without the declaration, by card (`t.card_id`, through the join).
+        let text = text.replace("'key.fields' = 'card_id',\n  -- Only", "-- Only");
+        let plan = crate::load::plan_text(&example, &text, &|_| None).expect("it plans");
+        assert_eq!(
+            repartition_keys(&plan),
+            BTreeMap::from([("transactions".to_owned(), vec!["card_id".to_owned()])])
+        );
+    }
+
+    #[test]
+    fn other_keys_are_traced_back_to_source_columns() {
+        // Through a filter and a renaming projection.
+        let sql = with_key("card_id") + BY_MERCHANT;
+        assert_eq!(
+            keys_of(&sql),
+            BTreeMap::from([("tx".to_owned(), vec!["merchant".to_owned()])])
+        );
+        // No declared key: state keyed by card is repartitioned by card.
+        let sql = SOURCE.replace(" KEY", "")
+            + "INSERT INTO out SELECT card_id, window_end, count(*) AS n
+               FROM TABLE(TUMBLE(TABLE tx, DESCRIPTOR(ts), INTERVAL '1' MINUTE))
+               GROUP BY card_id, window_start, window_end;";
+        assert_eq!(
+            keys_of(&sql),
+            BTreeMap::from([("tx".to_owned(), vec!["card_id".to_owned()])])
+        );
+        // Two flows keyed differently share no column: one partition.
+        let sql = with_key("card_id")
+            + BY_MERCHANT
+            + "INSERT INTO out SELECT card_id AS m, window_end, count(*) AS n
+               FROM TABLE(TUMBLE(TABLE tx, DESCRIPTOR(ts), INTERVAL '1' MINUTE))
+               GROUP BY card_id, window_start, window_end;";
+        assert_eq!(keys_of(&sql), BTreeMap::from([("tx".to_owned(), vec![])]));
     }
 
     #[test]

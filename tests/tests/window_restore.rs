@@ -274,7 +274,10 @@ fn a_jumping_watermark_steps_one_window_end_at_a_time() {
     let mut steps = 0;
     let mut from = i64::MIN;
     while let Some(due) = stepped.chain.next_emission() {
-        assert!(due > from, "next_emission moves forward: {due} after {from}");
+        assert!(
+            due > from,
+            "next_emission moves forward: {due} after {from}"
+        );
         let before = stepped.results.len();
         let out = stepped
             .chain
@@ -291,7 +294,11 @@ fn a_jumping_watermark_steps_one_window_end_at_a_time() {
     }
     let before = stepped.results.len();
     stepped.finish();
-    assert_eq!(stepped.results.len(), before, "nothing is left after the steps");
+    assert_eq!(
+        stepped.results.len(),
+        before,
+        "nothing is left after the steps"
+    );
     assert!(steps >= 3, "open windows were stepped through: {steps}");
     let sorted = |mut r: Vec<Emitted>| {
         r.sort_by(|a, b| a.0.cmp(&b.0));

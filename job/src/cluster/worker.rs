@@ -760,11 +760,12 @@ impl JobTasks {
             columns,
         } = role
         {
-            // A map task reads faster than the window tasks behind it; a
-            // small producer queue makes it wait for them (a full queue
-            // blocks `produce`) instead of holding the backlog in memory:
-            // peak RSS went from 816 MiB to 1.39 GiB with the default 1 GiB
-            // queue (BENCHMARKS.md, Worker cluster).
+            // A map task can read faster than its records are acknowledged;
+            // a small producer queue makes it wait (a full queue blocks
+            // `produce`) rather than hold a backlog in memory. (Measured with
+            // the default queue, a repartitioned job peaked at 1.39 GiB per
+            // worker against 816 MiB without: BENCHMARKS.md, Worker cluster.
+            // How much of that was the queue is not measured.)
             let properties = BTreeMap::from([
                 ("queue.buffering.max.kbytes".to_owned(), "65536".to_owned()),
                 (
