@@ -43,10 +43,10 @@ use rdkafka::{Offset, TopicPartitionList};
 use tracing::{debug, info, warn};
 use weir_operators::watermark::START_OF_TIME;
 use weir_operators::{JsonDecoder, RecordMeta};
-use weir_sql::{GroupKey, KafkaTable, PipelinePlan, Stage, StartupMode};
+use weir_sql::{GroupKey, KafkaTable, PipelinePlan, Stage};
 
 use crate::kafka::consumer_config;
-use crate::task::{Sink, TaskCounters};
+use crate::task::{Sink, TaskCounters, push_record, startup_offset};
 
 /// A data record's origin: 4 bytes partition, 8 bytes offset (big-endian).
 pub const ORIGIN_HEADER: &str = "weir.origin";
@@ -250,7 +250,7 @@ pub struct Origins {
     /// Origin partitions (the source topic's partition count).
     pub partitions: usize,
     /// The source topic (named in dead letters).
-    pub source_topic: Option<String>,
+    pub source_topic: String,
     /// The source is bounded: the task ends once every origin has ended.
     pub bounded: bool,
     /// Per origin partition, the highest offset applied.
@@ -318,21 +318,7 @@ impl MapTask {
             });
         let start = match committed {
             Some(o) => o,
-            None => {
-                let (low, high) = consumer
-                    .fetch_watermarks(&table.topic, self.partition, Duration::from_secs(10))
-                    .with_context(|| {
-                        format!(
-                            "reading the offsets of '{}' partition {}",
-                            table.topic, self.partition
-                        )
-                    })?;
-                if table.startup_mode == StartupMode::Latest {
-                    high.max(0)
-                } else {
-                    low.max(0)
-                }
-            }
+            None => startup_offset(&consumer, table, self.partition)?,
         };
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&table.topic, self.partition, Offset::Offset(start))?;
@@ -387,18 +373,7 @@ impl MapTask {
                 };
                 match consumer.poll(timeout) {
                     None => break,
-                    Some(Ok(m)) => {
-                        let start = buf.len();
-                        buf.extend_from_slice(m.payload().unwrap_or_default());
-                        spans.push((start, buf.len()));
-                        buf.push(b'\n');
-                        metas.push(RecordMeta {
-                            partition: m.partition(),
-                            offset: m.offset(),
-                            timestamp: m.timestamp().to_millis(),
-                            key: m.key().map(Into::into),
-                        });
-                    }
+                    Some(Ok(m)) => push_record(&m, &mut buf, &mut spans, &mut metas),
                     Some(Err(KafkaError::PartitionEOF(_))) => {
                         if table.bounded {
                             ended = true;

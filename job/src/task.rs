@@ -661,18 +661,7 @@ impl SourceTask {
             let start = match (checkpointed, table.startup_mode, committed.get(p)) {
                 (Some(o), _, _) => *o,
                 (None, StartupMode::GroupOffsets, Some(o)) => *o,
-                (None, mode, _) => {
-                    let (low, high) = consumer
-                        .fetch_watermarks(&table.topic, *p, Duration::from_secs(10))
-                        .with_context(|| {
-                            format!("reading the offsets of '{}' partition {p}", table.topic)
-                        })?;
-                    if mode == StartupMode::Latest {
-                        high.max(0)
-                    } else {
-                        low.max(0)
-                    }
-                }
+                (None, _, _) => startup_offset(&consumer, &table, *p)?,
             };
             starts.insert(*p, start);
             tpl.add_partition_offset(&table.topic, *p, Offset::Offset(start))?;
@@ -696,11 +685,13 @@ impl SourceTask {
         let now = Instant::now();
         // In shuffle mode the watermark is over the origin partitions (the
         // source topic's), as one process reading the source computes it.
+        let tracker_partitions = self
+            .settings
+            .shuffle
+            .as_ref()
+            .map_or(n_partitions, |o| o.partitions);
         let mut tracker = WatermarkTracker::new(
-            match &self.settings.shuffle {
-                Some(o) => o.partitions,
-                None => n_partitions,
-            },
+            tracker_partitions,
             table.watermark.map(|w| w.delay_ms).unwrap_or(0),
             self.settings.idle_timeout,
             now,
@@ -713,11 +704,6 @@ impl SourceTask {
                 }
             }
         }
-        let tracker_partitions = self
-            .settings
-            .shuffle
-            .as_ref()
-            .map_or(n_partitions, |o| o.partitions);
         if let Some(m) = &restored {
             tracker.restore(
                 m.max_event_times.iter().map(|(p, t)| (*p as usize, *t)),
@@ -974,18 +960,7 @@ impl SourceTask {
                                 }
                             }
                         }
-                        let start = buf.len();
-                        if let Some(payload) = m.payload() {
-                            buf.extend_from_slice(payload);
-                        }
-                        spans.push((start, buf.len()));
-                        buf.push(b'\n');
-                        metas.push(RecordMeta {
-                            partition: p,
-                            offset: m.offset(),
-                            timestamp: m.timestamp().to_millis(),
-                            key: m.key().map(Into::into),
-                        });
+                        push_record(&m, &mut buf, &mut spans, &mut metas);
                     }
                     Some(Err(KafkaError::PartitionEOF(p))) => {
                         if table.bounded && !finished[p as usize] {
@@ -1457,8 +1432,7 @@ impl SourceTask {
                     self.settings
                         .shuffle
                         .as_ref()
-                        .and_then(|o| o.source_topic.as_deref())
-                        .unwrap_or(&self.table.topic),
+                        .map_or(&self.table.topic, |o| &o.source_topic),
                 ),
             });
         if let Some((partition, offset)) = origin {
@@ -1474,6 +1448,48 @@ impl SourceTask {
         }
         self.sink.send(topic, key, value, Some(headers))
     }
+}
+
+/// Where a partition without a checkpointed or committed offset starts: its
+/// first or next offset, by the source's startup mode.
+pub(crate) fn startup_offset<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &rdkafka::consumer::BaseConsumer<C>,
+    table: &KafkaTable,
+    partition: i32,
+) -> anyhow::Result<i64> {
+    let (low, high) = consumer
+        .fetch_watermarks(&table.topic, partition, Duration::from_secs(10))
+        .with_context(|| {
+            format!(
+                "reading the offsets of '{}' partition {partition}",
+                table.topic
+            )
+        })?;
+    Ok(if table.startup_mode == StartupMode::Latest {
+        high.max(0)
+    } else {
+        low.max(0)
+    })
+}
+
+/// Appends a record's value to `buf` (newline-separated, its range in
+/// `spans`) and its metadata to `metas`: a batch as the decoder takes it.
+pub(crate) fn push_record(
+    m: &rdkafka::message::BorrowedMessage<'_>,
+    buf: &mut Vec<u8>,
+    spans: &mut Vec<(usize, usize)>,
+    metas: &mut Vec<RecordMeta>,
+) {
+    let start = buf.len();
+    buf.extend_from_slice(m.payload().unwrap_or_default());
+    spans.push((start, buf.len()));
+    buf.push(b'\n');
+    metas.push(RecordMeta {
+        partition: m.partition(),
+        offset: m.offset(),
+        timestamp: m.timestamp().to_millis(),
+        key: m.key().map(Into::into),
+    });
 }
 
 fn id_header(id: &[u8]) -> OwnedHeaders {

@@ -155,6 +155,34 @@ fn bad_sql_is_reported_with_file_line_and_column() {
     assert!(err.contains("did you mean 'scan.startup.mode'"), "{err}");
 }
 
+/// A sink table's `properties.*` configure weir's producer: a value
+/// librdkafka refuses is reported before any data moves.
+#[test]
+fn a_sink_property_reaches_the_producer() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("p.sql");
+    std::fs::write(
+        &file,
+        "CREATE TABLE t (a TEXT) WITH ('connector' = 'kafka', 'topic' = 't', 'format' = 'json', 'properties.bootstrap.servers' = 'embedded');\nCREATE TABLE o WITH ('connector' = 'kafka', 'topic' = 'o', 'format' = 'json', 'properties.bootstrap.servers' = 'embedded', 'properties.linger.ms' = 'soon');\nINSERT INTO o SELECT a FROM t;\n",
+    )
+    .unwrap();
+    // Ignored, the property would leave the pipeline running: a deadline.
+    let mut child = weir()
+        .args(["run", file.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_with_deadline(&mut child, Duration::from_secs(60));
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "{err}");
+    assert!(
+        err.contains("linger.ms") && err.contains("soon"),
+        "the producer refuses the sink's property: {err}"
+    );
+}
+
 #[test]
 fn an_unreachable_broker_is_reported_quickly() {
     let dir = tempfile::tempdir().unwrap();

@@ -5,10 +5,13 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 
 pub use crate::weir_binary;
+use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use weir::cluster::status::WorkerStatus;
+
+use crate::read_all;
 
 /// A `weir worker` process with its HTTP API.
 pub struct Worker {
@@ -102,4 +105,46 @@ pub fn tasks(workers: &[&Worker]) -> Vec<(String, Vec<i32>, u64)> {
             )
         })
         .collect()
+}
+
+/// A directory for a cluster test's workers (logs, state) and files: removed
+/// when the guard drops, or kept (and printed) with WEIR_CLUSTER_KEEP=1.
+pub fn work_dir() -> (PathBuf, Option<tempfile::TempDir>) {
+    let tmp = tempfile::tempdir().expect("a temporary directory");
+    let path = tmp.path().to_owned();
+    if std::env::var_os("WEIR_CLUSTER_KEEP").is_some() {
+        eprintln!("keeping {}", tmp.keep().display());
+        (path, None)
+    } else {
+        (path, Some(tmp))
+    }
+}
+
+/// Window results by (the `key` column, window end); keys starting with
+/// "sentinel" (the events that fire the windows) left out. Each value gets
+/// its output offset as "@offset".
+pub type WindowResults = BTreeMap<(String, String), Vec<serde_json::Value>>;
+
+pub fn window_results(brokers: &str, topic: &str, key: &str) -> WindowResults {
+    let mut out = WindowResults::new();
+    for r in read_all(brokers, topic, Duration::from_secs(60)).expect("the output is read") {
+        let mut v: serde_json::Value = serde_json::from_slice(&r.value).expect("JSON output");
+        let k = v[key].as_str().expect("the key column").to_owned();
+        if k.starts_with("sentinel") {
+            continue;
+        }
+        let end = v["window_end"].to_string();
+        v["@offset"] = r.offset.into();
+        out.entry((k, end)).or_default().push(v);
+    }
+    out
+}
+
+/// Equal, floating-point numbers to 1e-9 relative (where checkpoints split a
+/// pane's sums differs between runs).
+pub fn close(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    match (a.as_f64(), b.as_f64()) {
+        (Some(x), Some(y)) => x == y || (x - y).abs() <= 1e-9 * x.abs().max(y.abs()),
+        _ => a == b,
+    }
 }

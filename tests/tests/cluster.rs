@@ -14,16 +14,13 @@
 //! The job's source is unbounded: each partition ends with a sentinel event a
 //! day later, whose watermark fires every window of the real events.
 
-use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
 
 use weir::cluster::registry::{REGISTRY_TOPIC, read_registry};
 use weir::generate::FraudGenerator;
-use weir_tests::cluster::{Worker, http_get, tasks, weir_binary};
-use weir_tests::{
-    Record, Tansu, create_topic, produce_unbatched, read_all, wait_for, workspace_root,
-};
+use weir_tests::cluster::{Worker, close, http_get, tasks, weir_binary, window_results, work_dir};
+use weir_tests::{Record, Tansu, create_topic, produce_unbatched, wait_for, workspace_root};
 
 const EVENTS: usize = 40_000;
 const PARTITIONS: i32 = 6;
@@ -104,32 +101,6 @@ fn input() -> (Vec<Record>, Vec<Record>) {
     (events, sentinels)
 }
 
-type Results = BTreeMap<(String, String), Vec<serde_json::Value>>;
-
-/// Window results by (card, window end); sentinel cards left out.
-fn results(brokers: &str, topic: &str) -> Results {
-    let mut out = Results::new();
-    for r in read_all(brokers, topic, Duration::from_secs(60)).expect("the output is read") {
-        let v: serde_json::Value = serde_json::from_slice(&r.value).expect("JSON output");
-        let card = v["card_id"].as_str().expect("card_id").to_owned();
-        if card.starts_with("sentinel") {
-            continue;
-        }
-        let end = v["window_end"].to_string();
-        let mut v = v;
-        v["@offset"] = r.offset.into();
-        out.entry((card, end)).or_default().push(v);
-    }
-    out
-}
-
-fn close(a: &serde_json::Value, b: &serde_json::Value) -> bool {
-    match (a.as_f64(), b.as_f64()) {
-        (Some(x), Some(y)) => x == y || (x - y).abs() <= 1e-9 * x.abs().max(y.abs()),
-        _ => a == b,
-    }
-}
-
 #[test]
 fn workers_share_a_job_survive_a_kill_and_write_each_result_once() {
     let broker = Tansu::start().expect("tansu starts");
@@ -139,15 +110,7 @@ fn workers_share_a_job_survive_a_kill_and_write_each_result_once() {
     let half = EVENTS / 2;
     produce_unbatched(&b, "transactions", &events[..half]).expect("the first half");
 
-    let tmp = tempfile::tempdir().expect("a temporary directory");
-    let dir_path = tmp.path().to_owned();
-    // WEIR_CLUSTER_KEEP=1 keeps the workers' logs and state for a look.
-    let _tmp = if std::env::var_os("WEIR_CLUSTER_KEEP").is_some() {
-        eprintln!("keeping {}", tmp.keep().display());
-        None
-    } else {
-        Some(tmp)
-    };
+    let (dir_path, _tmp) = work_dir();
     let sql = dir_path.as_path().join("fraud-cluster.sql");
     std::fs::write(&sql, SQL).expect("the pipeline file");
     std::fs::copy(
@@ -289,7 +252,7 @@ fn workers_share_a_job_survive_a_kill_and_write_each_result_once() {
         "the reference run: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let expected = results(&b, "reference-scores");
+    let expected = window_results(&b, "reference-scores", "card_id");
     assert!(
         expected.len() > 1000,
         "the reference has results: {}",
@@ -298,7 +261,7 @@ fn workers_share_a_job_survive_a_kill_and_write_each_result_once() {
 
     // The survivors finish the job: every result arrives.
     let got = wait_for(Duration::from_secs(300), || {
-        let got = results(&b, "card-scores");
+        let got = window_results(&b, "card-scores", "card_id");
         (got.len() >= expected.len(), got)
     });
     // (A rebalance may be moving a partition at any one moment.)
@@ -383,7 +346,7 @@ fn workers_share_a_job_survive_a_kill_and_write_each_result_once() {
 
     // Exactly once, and the same results as one process.
     let got = {
-        let again = results(&b, "card-scores");
+        let again = window_results(&b, "card-scores", "card_id");
         assert!(again.len() >= got.len());
         again
     };

@@ -13,12 +13,11 @@
 //! (merchant, window) result must be there exactly once and equal to `weir run`
 //! over the same input; a record that is not JSON is dead-lettered once.
 
-use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
 
 use weir::generate::FraudGenerator;
-use weir_tests::cluster::{Worker, weir_binary};
+use weir_tests::cluster::{Worker, close, weir_binary, window_results, work_dir};
 use weir_tests::{Record, Tansu, create_topic, produce_unbatched, read_all, wait_for};
 
 const EVENTS: usize = 16_000;
@@ -96,30 +95,6 @@ fn input() -> (Vec<Record>, Vec<Record>) {
         })
         .collect();
     (events, sentinels)
-}
-
-type Results = BTreeMap<(String, String), Vec<serde_json::Value>>;
-
-/// Window results by (merchant, window end); sentinels left out.
-fn results(brokers: &str, topic: &str) -> Results {
-    let mut out = Results::new();
-    for r in read_all(brokers, topic, Duration::from_secs(60)).expect("the output is read") {
-        let v: serde_json::Value = serde_json::from_slice(&r.value).expect("JSON output");
-        let merchant = v["merchant"].as_str().expect("merchant").to_owned();
-        if merchant.starts_with("sentinel") {
-            continue;
-        }
-        let end = v["window_end"].to_string();
-        out.entry((merchant, end)).or_default().push(v);
-    }
-    out
-}
-
-fn close(a: &serde_json::Value, b: &serde_json::Value) -> bool {
-    match (a.as_f64(), b.as_f64()) {
-        (Some(x), Some(y)) => x == y || (x - y).abs() <= 1e-9 * x.abs().max(y.abs()),
-        _ => a == b,
-    }
 }
 
 /// Per worker: (topic, partition, next offset) of each task it reports.
@@ -215,15 +190,8 @@ fn a_job_keyed_off_the_input_key_repartitions_and_matches_one_process() {
     let half = events.len() / 2;
     produce_unbatched(&b, "transactions", &events[..half]).expect("the first half");
 
-    let tmp = tempfile::tempdir().expect("a temporary directory");
-    let dir_path = tmp.path().to_owned();
+    let (dir_path, _tmp) = work_dir();
     let dir = dir_path.as_path();
-    let _tmp = if std::env::var_os("WEIR_CLUSTER_KEEP").is_some() {
-        eprintln!("keeping {}", tmp.keep().display());
-        None
-    } else {
-        Some(tmp)
-    };
     std::fs::write(dir.join("by-merchant.sql"), SQL).expect("the pipeline file");
     let mut w1 = Worker::start(&b, dir, 1);
     let mut w2 = Worker::start(&b, dir, 2);
@@ -349,7 +317,7 @@ fn a_job_keyed_off_the_input_key_repartitions_and_matches_one_process() {
         "the reference run: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let expected = results(&b, "reference-minutes");
+    let expected = window_results(&b, "reference-minutes", "merchant");
     assert!(
         expected.len() > 500,
         "the reference has results: {}",
@@ -357,7 +325,7 @@ fn a_job_keyed_off_the_input_key_repartitions_and_matches_one_process() {
     );
 
     let got = wait_for(Duration::from_secs(300), || {
-        let got = results(&b, "merchant-minutes");
+        let got = window_results(&b, "merchant-minutes", "merchant");
         (got.len() >= expected.len(), got)
     });
     let missing: Vec<_> = expected

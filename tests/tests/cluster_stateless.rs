@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
 
-use weir_tests::cluster::{Worker, tasks, weir_binary};
+use weir_tests::cluster::{Worker, tasks, weir_binary, work_dir};
 use weir_tests::{
     Record, Tansu, create_topic, produce_unbatched, read_all, wait_for, workspace_root,
 };
@@ -61,16 +61,9 @@ fn a_stateless_job_scores_each_event_once_through_a_worker_kill() {
     let half = EVENTS / 2;
     produce_unbatched(&b, "events", &events[..half]).expect("the first half");
 
-    let tmp = tempfile::tempdir().expect("a temporary directory");
-    let dir_path = tmp.path().to_owned();
-    let dir = dir_path.as_path();
     // WEIR_CLUSTER_KEEP=1 keeps the workers' logs and state for a look.
-    let _tmp = if std::env::var_os("WEIR_CLUSTER_KEEP").is_some() {
-        eprintln!("keeping {}", tmp.keep().display());
-        None
-    } else {
-        Some(tmp)
-    };
+    let (dir_path, _tmp) = work_dir();
+    let dir = dir_path.as_path();
     // The model sits beside the SQL file's directory, not in it: submit
     // ships it by its relative path, `..` and all.
     std::fs::create_dir_all(dir.join("sql")).expect("sql/");

@@ -831,7 +831,7 @@ impl JobTasks {
             task.settings.shuffle = Some(crate::shuffle::Origins {
                 partitions: *origins,
                 bounded: *bounded,
-                source_topic: Some(source_topic.clone()),
+                source_topic: source_topic.clone(),
                 ..Default::default()
             });
             if *bounded {
