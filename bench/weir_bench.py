@@ -96,6 +96,10 @@ def run_once(a, variant, i):
             rec.update(messages=events, bytes=rep["bytes"])
         else:
             sql = os.path.join(HERE, "sql", "windows.sql" if variant == "weir" else "windows-no-predict.sql")
+            # WEIR_BENCH_SQL runs another pipeline in the weir variant's place
+            # (an experiment's settings: the same source and sink tables).
+            if variant == "weir" and os.environ.get("WEIR_BENCH_SQL"):
+                sql = os.path.abspath(os.environ["WEIR_BENCH_SQL"])
             env = dict(os.environ, KAFKA_BROKERS=broker.brokers, WEIR_LOG=os.environ.get("WEIR_LOG", "warn"))
             with tempfile.TemporaryDirectory(prefix="weir-bench-state-") as state:
                 # WEIR_BENCH_WRAP prefixes the command, e.g. with a profiler:

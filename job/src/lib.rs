@@ -16,6 +16,7 @@
 pub mod changelog;
 pub mod cluster;
 pub mod embedded;
+pub mod files;
 pub mod generate;
 pub mod kafka;
 pub mod load;

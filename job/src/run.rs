@@ -86,6 +86,28 @@ const HANDOVER_SLACK: Duration = Duration::from_secs(5);
 pub fn run_pipeline(mut loaded: LoadedPipeline, options: RunOptions) -> anyhow::Result<RunSummary> {
     let plan = &mut loaded.plan;
 
+    // A filesystem source without brokers of its own sends its dead letters
+    // to the cluster its flows write to.
+    let clusters: Vec<(String, String)> = plan
+        .flows
+        .iter()
+        .filter(|f| {
+            let t = &plan.tables[&f.source];
+            t.path.is_some() && t.bootstrap_servers.is_empty()
+        })
+        .map(|f| {
+            (
+                f.source.clone(),
+                plan.tables[&f.sink].bootstrap_servers.clone(),
+            )
+        })
+        .collect();
+    for (source, servers) in clusters {
+        if let Some(t) = plan.tables.get_mut(&source) {
+            t.bootstrap_servers = servers;
+        }
+    }
+
     // The embedded broker, if any table asks for it.
     let uses_embedded = plan
         .tables
@@ -117,7 +139,9 @@ pub fn run_pipeline(mut loaded: LoadedPipeline, options: RunOptions) -> anyhow::
     // Topics: sources must exist (the embedded broker creates them); sinks and
     // dead-letter topics are created when missing.
     for source in plan.sources() {
-        if let Some(broker) = &embedded {
+        if source.path.is_some() {
+            // Files: listed (and checked) when the task starts.
+        } else if let Some(broker) = &embedded {
             broker.create_topic(&source.topic, source.partitions.unwrap_or(4))?;
         } else if partition_count(&source.bootstrap_servers, &source.topic, CONNECT_TIMEOUT)?
             .is_none()
@@ -266,7 +290,7 @@ pub fn run_pipeline(mut loaded: LoadedPipeline, options: RunOptions) -> anyhow::
             changelog_topic,
             stop.clone(),
             task_counters,
-        );
+        )?;
         let name = format!("weir-source-{}", source.name);
         handles.push((
             source.name.clone(),
@@ -420,11 +444,16 @@ pub fn default_state_root() -> PathBuf {
 /// Identifies what a source task's state depends on: the source topic and the
 /// stateful stages of its flows. A checkpoint written under another
 /// fingerprint is refused rather than misread.
-fn state_fingerprint(source: &KafkaTable, flows: &[FlowRuntime]) -> String {
+fn state_fingerprint(source: &KafkaTable, flows: &[FlowRuntime]) -> anyhow::Result<String> {
     let mut h = blake3::Hasher::new();
     // Bumped when the store layout changes (v2: window panes named by their end).
     h.update(b"weir-state-v2");
     h.update(source.topic.as_bytes());
+    // A filesystem source's offsets name lines of its files: other files
+    // (or the same files changed) make a checkpoint's position meaningless.
+    if let Some(path) = &source.path {
+        h.update(&crate::files::fingerprint(&crate::files::list(path)?)?);
+    }
     for f in flows {
         h.update(&(f.flow.index as u64).to_be_bytes());
         // Column families are named by the operator's position in the chain.
@@ -442,7 +471,7 @@ fn state_fingerprint(source: &KafkaTable, flows: &[FlowRuntime]) -> String {
             };
         }
     }
-    h.finalize().to_hex()[..32].to_string()
+    Ok(h.finalize().to_hex()[..32].to_string())
 }
 
 /// Creates the compacted changelog topic of a source's tasks, one partition
@@ -640,8 +669,8 @@ impl TaskFactory {
         changelog_topic: Option<String>,
         stop: Arc<AtomicBool>,
         counters: Arc<TaskCounters>,
-    ) -> SourceTask {
-        let fingerprint = state_fingerprint(source, &flows);
+    ) -> anyhow::Result<SourceTask> {
+        let fingerprint = state_fingerprint(source, &flows)?;
         let lookup_tables: Vec<KafkaTable> = {
             let mut names: Vec<&str> = flows
                 .iter()
@@ -660,7 +689,7 @@ impl TaskFactory {
             Some(p) => self.state_root.join(format!("{}-{p}", source.name)),
         };
         let cache_size = self.cache_size;
-        SourceTask::new(
+        Ok(SourceTask::new(
             source.clone(),
             flows,
             sink,
@@ -700,6 +729,6 @@ impl TaskFactory {
                 // time a checkpoint may take) means it is gone.
                 handover_lease: partition.map(|_| self.checkpoint_interval * 2 + HANDOVER_SLACK),
             },
-        )
+        ))
     }
 }

@@ -139,9 +139,11 @@ impl Sink {
     pub fn commit_transaction(
         &self,
         offsets: &TopicPartitionList,
-        group: &rdkafka::consumer::ConsumerGroupMetadata,
+        group: Option<&rdkafka::consumer::ConsumerGroupMetadata>,
     ) -> anyhow::Result<()> {
-        if offsets.count() > 0 {
+        if offsets.count() > 0
+            && let Some(group) = group
+        {
             self.producer
                 .send_offsets_to_transaction(offsets, group, TRANSACTION_TIMEOUT)
                 .context("adding input offsets to the Kafka transaction")?;
@@ -340,6 +342,23 @@ pub struct SourceTask {
     pub state: TaskState,
     dedupe: Option<Dedupe>,
     changelog: Option<Changelog>,
+    /// A filesystem source's files, in reading order (named in dead letters).
+    files: Vec<PathBuf>,
+}
+
+/// Where a source task's records come from.
+enum Input {
+    Kafka(WeirConsumer),
+    Files(crate::files::FileInput),
+}
+
+impl Input {
+    fn consumer(&self) -> Option<&WeirConsumer> {
+        match self {
+            Input::Kafka(c) => Some(c),
+            Input::Files(_) => None,
+        }
+    }
 }
 
 const DLQ_REASON: &str = "weir.error";
@@ -405,6 +424,7 @@ impl SourceTask {
             state,
             dedupe: None,
             changelog: None,
+            files: Vec::new(),
         }
     }
 
@@ -419,18 +439,33 @@ impl SourceTask {
 
     pub fn run(mut self) -> anyhow::Result<()> {
         let table = self.table.clone();
-        let consumer: WeirConsumer = consumer_config(&table, &self.settings.group_id)
-            .create_with_context(QuietEof)
-            .context("creating the Kafka consumer")?;
-        let md = consumer
-            .fetch_metadata(Some(&table.topic), Duration::from_secs(10))
-            .with_context(|| format!("reading metadata of source topic '{}'", table.topic))?;
-        let partitions: Vec<i32> = md
-            .topics()
-            .iter()
-            .find(|t| t.name() == table.topic)
-            .map(|t| t.partitions().iter().map(|p| p.id()).collect())
-            .unwrap_or_default();
+        // A filesystem source is one partition (0) whose offsets name lines.
+        let consumer: Option<WeirConsumer> = match &table.path {
+            Some(path) => {
+                self.files = crate::files::list(path)?;
+                None
+            }
+            None => Some(
+                consumer_config(&table, &self.settings.group_id)
+                    .create_with_context(QuietEof)
+                    .context("creating the Kafka consumer")?,
+            ),
+        };
+        let partitions: Vec<i32> = match &consumer {
+            None => vec![0],
+            Some(consumer) => {
+                let md = consumer
+                    .fetch_metadata(Some(&table.topic), Duration::from_secs(10))
+                    .with_context(|| {
+                        format!("reading metadata of source topic '{}'", table.topic)
+                    })?;
+                md.topics()
+                    .iter()
+                    .find(|t| t.name() == table.topic)
+                    .map(|t| t.partitions().iter().map(|p| p.id()).collect())
+                    .unwrap_or_default()
+            }
+        };
         if partitions.is_empty() {
             bail!("source topic '{}' does not exist", table.topic);
         }
@@ -633,53 +668,82 @@ impl SourceTask {
         // mode. Committed offsets are looked up explicitly rather than through
         // librdkafka's "stored" offset, which does not resume at the committed
         // offset on every broker (tansu).
-        let committed: std::collections::HashMap<i32, i64> =
-            if restored.is_none() && table.startup_mode == StartupMode::GroupOffsets {
-                let mut query = TopicPartitionList::new();
-                for p in &partitions {
-                    query.add_partition(&table.topic, *p);
-                }
-                consumer
-                    .committed_offsets(query, Duration::from_secs(10))
-                    .context("reading the group's committed offsets")?
-                    .elements()
-                    .iter()
-                    .filter_map(|e| match e.offset() {
-                        Offset::Offset(o) if o >= 0 => Some((e.partition(), o)),
-                        _ => None,
-                    })
-                    .collect()
-            } else {
-                std::collections::HashMap::new()
-            };
+        let committed: std::collections::HashMap<i32, i64> = if let Some(consumer) = &consumer
+            && restored.is_none()
+            && table.startup_mode == StartupMode::GroupOffsets
+        {
+            let mut query = TopicPartitionList::new();
+            for p in &partitions {
+                query.add_partition(&table.topic, *p);
+            }
+            consumer
+                .committed_offsets(query, Duration::from_secs(10))
+                .context("reading the group's committed offsets")?
+                .elements()
+                .iter()
+                .filter_map(|e| match e.offset() {
+                    Offset::Offset(o) if o >= 0 => Some((e.partition(), o)),
+                    _ => None,
+                })
+                .collect()
+        } else {
+            std::collections::HashMap::new()
+        };
         // Every partition gets a concrete start offset, so every checkpoint
         // (the first one is taken before any input is read) names them all.
         let mut tpl = TopicPartitionList::new();
         let mut starts = BTreeMap::new();
         for p in &partitions {
             let checkpointed = restored.as_ref().and_then(|m| m.next_offsets.get(p));
-            let start = match (checkpointed, table.startup_mode, committed.get(p)) {
-                (Some(o), _, _) => *o,
-                (None, StartupMode::GroupOffsets, Some(o)) => *o,
-                (None, _, _) => startup_offset(&consumer, &table, *p)?,
+            let start = match (
+                checkpointed,
+                table.startup_mode,
+                committed.get(p),
+                &consumer,
+            ) {
+                (Some(o), _, _, _) => *o,
+                (None, StartupMode::GroupOffsets, Some(o), _) => *o,
+                (None, _, _, Some(consumer)) => startup_offset(consumer, &table, *p)?,
+                (None, _, _, None) => 0,
             };
             starts.insert(*p, start);
             tpl.add_partition_offset(&table.topic, *p, Offset::Offset(start))?;
         }
-        consumer
-            .assign(&tpl)
-            .context("assigning source partitions")?;
-        info!(
-            "source {}: reading {} partitions of '{}' ({})",
-            table.name,
-            partitions.len(),
-            table.topic,
-            if table.bounded {
-                "bounded"
-            } else {
-                "unbounded"
+        let mut input = match consumer {
+            Some(consumer) => {
+                consumer
+                    .assign(&tpl)
+                    .context("assigning source partitions")?;
+                info!(
+                    "source {}: reading {} partitions of '{}' ({})",
+                    table.name,
+                    partitions.len(),
+                    table.topic,
+                    if table.bounded {
+                        "bounded"
+                    } else {
+                        "unbounded"
+                    }
+                );
+                Input::Kafka(consumer)
             }
-        );
+            None => {
+                let start = starts.get(&0).copied().unwrap_or(0);
+                let (file, line) = crate::files::locate(&self.files, start);
+                info!(
+                    "source {}: reading {} file(s) under '{}'{}",
+                    table.name,
+                    self.files.len(),
+                    table.topic,
+                    if start > 0 {
+                        format!(", from {file} line {line}")
+                    } else {
+                        String::new()
+                    }
+                );
+                Input::Files(crate::files::FileInput::open(self.files.clone(), start)?)
+            }
+        };
 
         let decoder = JsonDecoder::new(&table);
         let now = Instant::now();
@@ -818,7 +882,7 @@ impl SourceTask {
         if restored.is_none() {
             // Where this run starts and what its outputs held, before any
             // output: a crash before the first interval then replays exactly.
-            self.checkpoint(&mut store, &consumer, &tracker, &mut progress)?;
+            self.checkpoint(&mut store, input.consumer(), &tracker, &mut progress)?;
         }
         // Joined tables: each lookup join keeps its table in a RocksDB store
         // outside the checkpoints (the topic is the table's source of truth,
@@ -910,6 +974,16 @@ impl SourceTask {
                     Duration::from_millis(50)
                 } else {
                     deadline.saturating_duration_since(Instant::now())
+                };
+                let consumer = match &mut input {
+                    Input::Kafka(c) => c,
+                    Input::Files(files) => {
+                        let want = self.settings.batch_size - spans.len();
+                        if !files.read(want, &mut buf, &mut spans, &mut metas)? {
+                            finished[0] = true;
+                        }
+                        break;
+                    }
                 };
                 match consumer.poll(timeout) {
                     None => break,
@@ -1056,7 +1130,7 @@ impl SourceTask {
                 break;
             }
             if last_checkpoint.elapsed() >= self.settings.checkpoint_interval {
-                self.checkpoint(&mut store, &consumer, &tracker, &mut progress)?;
+                self.checkpoint(&mut store, input.consumer(), &tracker, &mut progress)?;
                 last_checkpoint = Instant::now();
                 if let Some(o) = &progress.origins
                     && o.skipped > skipped_logged
@@ -1070,7 +1144,7 @@ impl SourceTask {
                 }
             }
         }
-        self.checkpoint(&mut store, &consumer, &tracker, &mut progress)?;
+        self.checkpoint(&mut store, input.consumer(), &tracker, &mut progress)?;
         if self.state.handover_lease.is_some()
             && let Some(cl) = &mut self.changelog
         {
@@ -1085,7 +1159,7 @@ impl SourceTask {
     fn checkpoint(
         &mut self,
         store: &mut TaskStore,
-        consumer: &WeirConsumer,
+        consumer: Option<&WeirConsumer>,
         tracker: &WatermarkTracker,
         progress: &mut Progress,
     ) -> anyhow::Result<()> {
@@ -1143,17 +1217,25 @@ impl SourceTask {
             cl.commit(&self.sink, &meta)?;
         }
         // Offsets open windows still need are not committed: see HeldOffsets.
-        let offsets = progress.held.committable(&progress.position);
+        // A filesystem source has no group to commit to.
+        let offsets = match consumer {
+            Some(_) => progress.held.committable(&progress.position),
+            None => Vec::new(),
+        };
         let mut tpl = TopicPartitionList::new();
         for &(p, next) in &offsets {
             tpl.add_partition_offset(&self.table.topic, p, Offset::Offset(next))?;
         }
         if self.sink.is_transactional() {
             // Output, dead letters, changelog records and offsets: all or nothing.
-            let group = consumer
-                .group_metadata()
-                .context("the source consumer has no group metadata for the transaction")?;
-            self.sink.commit_transaction(&tpl, &group)?;
+            let group = match consumer {
+                Some(c) => Some(
+                    c.group_metadata()
+                        .context("the source consumer has no group metadata for the transaction")?,
+                ),
+                None => None,
+            };
+            self.sink.commit_transaction(&tpl, group.as_ref())?;
             self.counters.transactions.fetch_add(1, Ordering::Relaxed);
         } else if self.changelog.is_some() {
             self.sink.flush()?;
@@ -1190,6 +1272,7 @@ impl SourceTask {
         );
         if !offsets.is_empty()
             && !self.sink.is_transactional()
+            && let Some(consumer) = consumer
             && let Err(e) = consumer.commit(&tpl, CommitMode::Sync)
         {
             warn!("source {}: committing offsets failed: {e}", self.table.name);
@@ -1388,9 +1471,15 @@ impl SourceTask {
         self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
         if self.table.dead_letter_topic.is_none() {
             if warning_due() {
+                let place = if self.table.path.is_some() {
+                    let (file, line) = crate::files::locate(&self.files, meta.offset);
+                    format!("{file} line {line}")
+                } else {
+                    format!("partition {} offset {}", meta.partition, meta.offset)
+                };
                 warn!(
-                    "source {}: bad record at partition {} offset {}: {reason} (no 'dead-letter.topic'; counted and dropped)",
-                    self.table.name, meta.partition, meta.offset
+                    "source {}: bad record at {place}: {reason} (no 'dead-letter.topic'; counted and dropped)",
+                    self.table.name
                 );
             }
             return Ok(());
@@ -1435,7 +1524,18 @@ impl SourceTask {
                         .map_or(&self.table.topic, |o| &o.source_topic),
                 ),
             });
-        if let Some((partition, offset)) = origin {
+        if let (Some((_, offset)), Some(_)) = (origin, &self.table.path) {
+            let (file, line) = crate::files::locate(&self.files, offset);
+            headers = headers
+                .insert(Header {
+                    key: "weir.source.file",
+                    value: Some(&file),
+                })
+                .insert(Header {
+                    key: "weir.source.line",
+                    value: Some(&line.to_string()),
+                });
+        } else if let Some((partition, offset)) = origin {
             headers = headers
                 .insert(Header {
                     key: "weir.source.partition",

@@ -3,7 +3,7 @@
 //! never a silently ignored option.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
@@ -58,7 +58,14 @@ pub struct KafkaTable {
     /// Declared columns; empty for a sink that takes its columns from its query.
     pub columns: Vec<Column>,
     pub watermark: Option<Watermark>,
+    /// The Kafka topic; for a filesystem table, its `'path'` as written.
     pub topic: String,
+    /// `'connector' = 'filesystem'`: the file, or directory of files, read
+    /// (bounded), resolved against the SQL file's directory. Such a table is
+    /// only ever a source.
+    pub path: Option<PathBuf>,
+    /// For a filesystem table, where its dead letters go (empty: the
+    /// cluster of the pipeline's sinks).
     pub bootstrap_servers: String,
     /// `properties.*` options (minus `bootstrap.servers`), passed to librdkafka.
     pub properties: BTreeMap<String, String>,
@@ -150,6 +157,7 @@ pub trait ModelInspector {
 pub const TABLE_OPTIONS: &[&str] = &[
     "connector",
     "topic",
+    "path",
     "format",
     "key.format",
     "value.format",
@@ -404,6 +412,7 @@ pub fn build_table(
     primary_key: &[Spanned<String>],
     options: &[OptionSpec],
     env: &dyn Fn(&str) -> Option<String>,
+    dir: &Path,
 ) -> LResult<KafkaTable> {
     let mut values: BTreeMap<String, Spanned<String>> = BTreeMap::new();
     for opt in options {
@@ -453,9 +462,68 @@ pub fn build_table(
             )),
         }
     };
-    let upsert = one_of("connector", &["kafka", "upsert-kafka"], "")? == "upsert-kafka";
+    let connector = one_of("connector", &["kafka", "upsert-kafka", "filesystem"], "")?;
     required("connector")?;
-    let topic = required("topic")?.value.clone();
+    let upsert = connector == "upsert-kafka";
+    let path = if connector == "filesystem" {
+        // A file source is bounded and has no topic, offsets or group.
+        for k in [
+            "topic",
+            "scan.mode",
+            "scan.startup.mode",
+            "scan.bounded.mode",
+            "scan.watermark.idle-timeout",
+            "sink.delivery-guarantee",
+            "sink.transactional",
+            "topic.partitions",
+            "embedded.generator",
+        ] {
+            if let Some(v) = values.get(k) {
+                return Err(Located::new(
+                    v.pos,
+                    format!(
+                        "'{k}' is for Kafka tables; table {} reads files ('connector' = 'filesystem', 'path' = ...)",
+                        name.value
+                    ),
+                ));
+            }
+        }
+        let p = required("path")?;
+        let full = dir.join(&p.value);
+        let meta = std::fs::metadata(&full).map_err(|e| {
+            Located::new(
+                p.pos,
+                format!(
+                    "table {}: cannot read '{}': {e}",
+                    name.value,
+                    full.display()
+                ),
+            )
+        })?;
+        if !meta.is_file() && !meta.is_dir() {
+            return Err(Located::new(
+                p.pos,
+                format!(
+                    "table {}: '{}' is neither a file nor a directory",
+                    name.value,
+                    full.display()
+                ),
+            ));
+        }
+        Some(full)
+    } else {
+        if let Some(v) = values.get("path") {
+            return Err(Located::new(
+                v.pos,
+                "'path' is for files: a Kafka table names its 'topic' (or use 'connector' = 'filesystem')",
+            ));
+        }
+        None
+    };
+    let topic = match &path {
+        Some(_) => required("path")?.value.clone(),
+        None => required("topic")?.value.clone(),
+    };
     let scan_table = upsert || one_of("scan.mode", &["stream", "table"], "stream")? == "table";
     let format = if upsert {
         one_of("key.format", &["raw"], "raw")?;
@@ -559,7 +627,12 @@ pub fn build_table(
             }
         },
     };
-    let bootstrap_servers = required("properties.bootstrap.servers")?.value.clone();
+    let bootstrap_servers = match &path {
+        Some(_) => get("properties.bootstrap.servers")
+            .map(|v| v.value.clone())
+            .unwrap_or_default(),
+        None => required("properties.bootstrap.servers")?.value.clone(),
+    };
     let startup_mode = match one_of(
         "scan.startup.mode",
         &["earliest-offset", "latest-offset", "group-offsets"],
@@ -567,15 +640,17 @@ pub fn build_table(
     )?
     .as_str()
     {
+        _ if path.is_some() => StartupMode::Earliest,
         "earliest-offset" => StartupMode::Earliest,
         "latest-offset" => StartupMode::Latest,
         _ => StartupMode::GroupOffsets,
     };
-    let bounded = one_of(
-        "scan.bounded.mode",
-        &["latest-offset", "unbounded"],
-        "unbounded",
-    )? == "latest-offset";
+    let bounded = path.is_some()
+        || one_of(
+            "scan.bounded.mode",
+            &["latest-offset", "unbounded"],
+            "unbounded",
+        )? == "latest-offset";
     let delivery = match one_of(
         "sink.delivery-guarantee",
         &["at-least-once", "exactly-once", "none"],
@@ -676,6 +751,7 @@ pub fn build_table(
         columns,
         watermark,
         topic,
+        path,
         bootstrap_servers,
         properties,
         startup_mode,

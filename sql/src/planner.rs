@@ -278,6 +278,7 @@ impl<'a> Planner<'a> {
                         &primary_key,
                         &options,
                         self.env,
+                        self.file.path().parent().unwrap_or(Path::new(".")),
                     )?;
                     self.provider.tables.insert(
                         table.name.clone(),
@@ -649,6 +650,16 @@ impl<'a> Planner<'a> {
                 format!("no table named {}{hint}", sink_name.value),
             ));
         };
+        if sink.path.is_some() {
+            return Err(Located::new(
+                sink_name.pos,
+                format!(
+                    "table {} reads files ('connector' = 'filesystem'), which weir does not write: \
+                     INSERT INTO a Kafka table",
+                    sink.name
+                ),
+            ));
+        }
         let mut plan = self.plan_query(query)?;
         if !sink.columns.is_empty() {
             let out = plan.schema().clone();

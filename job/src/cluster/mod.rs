@@ -69,6 +69,13 @@ pub fn submit(
             t.name
         );
     }
+    if let Some(t) = plan.sources().into_iter().find(|t| t.path.is_some()) {
+        bail!(
+            "table {} reads files ('connector' = 'filesystem'), which only `weir run` reads: \
+             a cluster job reads Kafka topics",
+            t.name
+        );
+    }
     let mut topics_read = BTreeMap::new();
     for s in plan.sources() {
         if let Some(other) = topics_read.insert(s.topic.clone(), s.name.clone()) {

@@ -821,7 +821,7 @@ impl JobTasks {
             self.changelog_topics.get(&source.name).cloned(),
             stop.clone(),
             counters.clone(),
-        );
+        )?;
         if let Role::Reduce {
             origins,
             bounded,
