@@ -1,4 +1,4 @@
-//! weir's scores (tract, one run per batch) against onnxruntime's on the same
+//! weir's scores (tract: fixed-size plans, then a symbolic one) against onnxruntime's on the same
 //! inputs, for every committed model. The fixtures were written by the
 //! training scripts with onnxruntime (examples/fraud/train.py,
 //! examples/fraud/train_per_event.py, tests/models/make_models.py).
@@ -28,7 +28,7 @@ fn check(model_path: &str, fixture: &str, output: &str) {
         expected.push(r[output].as_f64().expect("expected score"));
     }
     // One batch of every row: the path predict takes in a pipeline.
-    let scores = model.score(features, rows.len()).expect("scores");
+    let scores = model.score(features.clone(), rows.len()).expect("scores");
     let mut worst: f64 = 0.0;
     for (i, (s, e)) in scores.iter().zip(&expected).enumerate() {
         let diff = (s - e).abs();
@@ -38,8 +38,22 @@ fn check(model_path: &str, fixture: &str, output: &str) {
             "{model_path} row {i}: weir {s} vs onnxruntime {e}"
         );
     }
+    // A batch long enough for every fixed-size plan (1024, 256, 64 rows) and
+    // a symbolic tail: the fixture's rows, cycled.
+    let n = 1024 + 256 + 64 + 7;
+    let cycled: Vec<f32> = features.iter().copied().cycle().take(n * width).collect();
+    let scores = model.score(cycled, n).expect("scores");
+    assert_eq!(scores.len(), n);
+    for (i, s) in scores.iter().enumerate() {
+        let e = expected[i % expected.len()];
+        worst = worst.max((s - e).abs());
+        assert!(
+            (s - e).abs() <= 1e-5,
+            "{model_path} row {i} of {n}: weir {s} vs onnxruntime {e}"
+        );
+    }
     eprintln!(
-        "{model_path}: {} rows, max |weir - onnxruntime| = {worst:e}",
+        "{model_path}: {} rows, and {n} cycled, max |weir - onnxruntime| = {worst:e}",
         rows.len()
     );
 }
