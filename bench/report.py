@@ -8,8 +8,11 @@ its section say "not run":
 
   machine.json     bench/machine.py: CPU, memory, kernel, versions, git HEAD
   e2e.jsonl        one JSON object per run from bench/weir_bench.py (kind weir,
-                   weir-no-predict, bare) and bench/run.py (kind python with a
-                   mode, flink-full, flink-small)
+                   weir-no-predict, bare, bare-producer, weir-file) and
+                   bench/run.py (kind python with a mode, flink-full,
+                   flink-small)
+  weir-vs-flink.json  bench/compare_windows.py: weir-file's output against
+                   Flink's (flink-full's first run)
   latency.jsonl    bench/latency_bench.py (kind latency), one per (rate, mode) run
   state.jsonl      bench/weir_bench.py's weir variant on bench/many_keys.py's
                    events (the file name keys-<events>-<cards>.jsonl gives
@@ -138,20 +141,28 @@ def machine_section(res, timed):
 
 # ---------------------------------------------------------------- end to end
 
-KIND_ORDER = ["weir", "weir-no-predict", "bare", "python", "flink-full", "flink-small"]
+KIND_ORDER = ["weir", "weir-no-predict", "bare", "bare-producer", "python", "weir-file", "flink-full",
+              "flink-small"]
 MODE_ORDER = ["micro-batch", "per-message"]
 
 
-def label(kind, mode, cc):
+def label(kind, mode, cc, events=None):
     text = {
         "weir": "weir: HOP features + predict + JSON sink",
         "weir-no-predict": "weir without predict",
         "bare": "bare consumer (librdkafka reads the topic, nothing else)",
+        "weir-file": "weir on Flink's terms: HOP aggregation only (events file in, topic out; no predict)",
         "flink-full": "Flink: HOP aggregation only (file in, files out; no predict, no Kafka), job",
         "flink-small": "Flink, first events only (the fixed cost of a job)",
     }.get(kind)
     if kind == "python":
         text = "Python baseline, %s" % mode
+        if cc:
+            text += " (%s)" % ", ".join("`%s`" % c for c in cc)
+    if kind == "bare-producer":
+        # cc: weir_bench.py's producer_args (WEIR_BENCH_PRODUCER_ARGS), if any.
+        text = ("bare producer (librdkafka writes the pipeline's %s output records, nothing else)"
+                % ("%.2fM" % (events / 1e6) if events else "?"))
         if cc:
             text += " (%s)" % ", ".join("`%s`" % c for c in cc)
     return text or kind
@@ -173,7 +184,8 @@ def metrics(r):
 def group_e2e(recs):
     groups = {}
     for r in recs:
-        key = (r["kind"], r.get("mode") or "", tuple(r.get("consumer_config") or ()), r.get("events"))
+        key = (r["kind"], r.get("mode") or "", tuple(r.get("consumer_config") or r.get("producer_args") or ()),
+               r.get("events"))
         groups.setdefault(key, []).append(r)
 
     def order(key):
@@ -218,13 +230,20 @@ def e2e_section(recs):
     print("Per run: a fresh tansu broker holding the input topic (4 partitions unless said), then the pipeline "
           "reads it to its end. CPU-s are the process's own (user + sys, all threads) per million input events; "
           "the broker's CPU during the run is beside it, not included. Median (min-max) over the runs.\n")
+    if any(k[0] == "bare-producer" for k, _ in groups):
+        print("The bare producer's row counts records, not events: its events, events/s and CPU-s per 1M are "
+              "records produced, records/s and CPU-s per 1M records (its CPU-s in all beside them).\n")
     print("| | events | runs | events/s | CPU-s per 1M events | peak RSS MiB | records out | broker CPU-s |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for (kind, mode, cc, events), rs in groups:
         ms = [metrics(r) for r in rs]
         col = lambda f: spread([m[f] for m in ms])  # noqa: E731
+        cpu = col("cpu_per_m")
+        if kind == "bare-producer":
+            cpu = "%s per 1M records (%s CPU-s in all)" % (
+                spread([r.get("cpu_s_per_million_records") for r in rs]), spread([r.get("cpu_s") for r in rs]))
         print("| %s | %s | %d | %s | %s | %s | %s | %s |" % (
-            label(kind, mode, cc), num(events), len(rs), col("events_per_s"), col("cpu_per_m"), col("rss"),
+            label(kind, mode, cc, events), num(events), len(rs), col("events_per_s"), cpu, col("rss"),
             col("out"), col("broker")))
     print()
 
@@ -232,7 +251,7 @@ def e2e_section(recs):
     for (kind, mode, cc, events), rs in groups:
         by_kind.setdefault(kind, []).append(((mode, cc, events), rs))
     # weir's reference group: the first listed (most events) of each weir variant.
-    ref = {k: by_kind[k][0] for k in ("weir", "weir-no-predict", "bare") if k in by_kind}
+    ref = {k: by_kind[k][0] for k in ("weir", "weir-no-predict", "bare", "bare-producer") if k in by_kind}
 
     lines = []
     if "weir" in ref and "bare" in ref:
@@ -241,6 +260,10 @@ def e2e_section(recs):
         vals, how = ratios(w, b, paired=ev == evb)
         lines.append("weir's CPU per event is %s the bare consumer's (%s): the cost of everything beyond "
                      "reading the topic" % (ratio_text(vals), how))
+    if "weir" in ref and "bare-producer" in ref:
+        line = producer_line(ref["weir"], ref["bare-producer"])
+        if line:
+            lines.append(line)
     if "weir" in ref and "weir-no-predict" in ref:
         (_, _, ev), w = ref["weir"]
         (_, _, evn), n = ref["weir-no-predict"]
@@ -255,10 +278,12 @@ def e2e_section(recs):
                                         events_note(wev, ev)))
         full = by_kind.get("flink-full", [])
         small = by_kind.get("flink-small", [])
+        same_file = ("weir on Flink's terms is in \"Flink on the same file\" below" if "weir-file" in by_kind
+                     else "weir on Flink's terms (weir_bench.py's weir-file) was not run")
         for (mode, cc, ev), rs in full:
             vals, how = ratios(rs, w, paired=False)
-            lines.append("%s (%s%s; Flink does no predict and no Kafka: weir has no filesystem source yet, so "
-                         "Flink's row is Flink alone)" % (cheaper(vals, "Flink's job"), how, events_note(wev, ev)))
+            lines.append("%s (%s%s; Flink does no predict and no Kafka: %s)" % (
+                cheaper(vals, "Flink's job"), how, events_note(wev, ev), same_file))
             if small:
                 marg = flink_marginal(rs, small[0][1])
                 if marg:
@@ -272,6 +297,133 @@ def e2e_section(recs):
             print("- " + line)
         print()
     checks_e2e(groups)
+
+
+def producer_line(weir_ref, prod_ref):
+    """weir's CPU per event over the bare producer's CPU for the records weir
+    writes per event (weir's own records out / events, so weir at any event
+    count compares with the producer's per-record cost)."""
+    (_, _, wev), w = weir_ref
+    (_, _, pev), p = prod_ref
+    w = [r for r in w if r.get("cpu_s_per_million_events") and r.get("records_out") and r.get("events")]
+    p = [r for r in p if r.get("cpu_s_per_million_records")]
+    if not w or not p:
+        return None
+
+    def ratio(a, b):
+        # weir's CPU-s per 1M events / the producer's CPU-s for the records of 1M events
+        return a["cpu_s_per_million_events"] / (b["cpu_s_per_million_records"] * a["records_out"] / a["events"])
+    # Runs of one weir_bench.py call with the same index were made back to back.
+    wr, pr = {r.get("run"): r for r in w}, {r.get("run"): r for r in p}
+    if wr.keys() == pr.keys() and len(wr) == len(w) and len(pr) == len(p):
+        vals, how = [ratio(wr[k], pr[k]) for k in wr], "paired by run"
+    else:
+        vals, how = [ratio(a, b) for a in w for b in p], "over all pairs of runs"
+    per_m = [r["records_out"] / r["events"] * 1e6 for r in w]
+    return ("weir's CPU per event is %s the bare producer's CPU for the records weir writes per event (%s; weir "
+            "writes %s records per 1M events at %s events, the bare producer wrote %s records at %s CPU-s per 1M "
+            "records, %s CPU-s in all): producing the output alone, at librdkafka's cost, is %s of weir's CPU"
+            % (ratio_text(vals), how, spread(per_m), num(wev), num(pev),
+               spread([r["cpu_s_per_million_records"] for r in p]),
+               spread([r.get("cpu_s") for r in p]), ratio_text([1 / v for v in vals], pct=True)))
+
+
+# ---------------------------------------------------------------- Flink on the same file
+
+def small_num(v):
+    """A relative difference: 0, or two significant digits in e-notation."""
+    if v is None:
+        return "-"
+    return "0" if v == 0 else "%.1e" % v
+
+
+def agreement_text(res):
+    path = os.path.join(res, "weir-vs-flink.json")
+    if not os.path.exists(path):
+        return "not compared (no weir-vs-flink.json)"
+    try:
+        c = json.load(open(path))
+    except ValueError:
+        return ("**not compared**: weir-vs-flink.json is not a JSON object (compare_windows.py failed; bench.log "
+                "has its error)")
+    diffs = ", ".join("%s %s" % (k, small_num(v)) for k, v in (c.get("max_relative_difference") or {}).items())
+    rows = "%s rows from weir, %s from Flink" % (num(c.get("result_rows")), num(c.get("expected_rows")))
+    if c.get("agree"):
+        return ("**agree** (`bench/compare_windows.py`: the same windows, no duplicates, n and n_merchants "
+                "equal, the amounts within 1e-9 relative): %s; max relative difference: %s" % (rows, diffs or "-"))
+    bad = ["%s of Flink's windows missing from weir's" % num(c.get("missing_rows")),
+           "%s of weir's not in Flink's" % num(c.get("extra_rows")),
+           "%s duplicate windows in weir's" % num(c.get("duplicate_result_keys"))]
+    bad += ["%s: %s rows differ" % (k, num(m.get("count"))) for k, m in (c.get("mismatches") or {}).items()]
+    if c.get("unparsable_result_rows") or c.get("unparsable_expected_rows"):
+        bad.append("unparsable rows: %s in weir's, %s in Flink's" % (
+            num(c.get("unparsable_result_rows")), num(c.get("unparsable_expected_rows"))))
+    return "**disagree** (`bench/compare_windows.py`): %s; %s; max relative difference: %s" % (
+        rows, ", ".join(bad), diffs or "-")
+
+
+def flink_file_section(recs, res):
+    print("## Flink on the same file\n")
+    wf = [r for r in recs if r.get("kind") == "weir-file"]
+    fl = [r for r in recs if r.get("kind") == "flink-full"]
+    if not wf:
+        print("not run (no weir-file runs in e2e.jsonl%s)\n" % ("; Flink's are in the end-to-end table" if fl else ""))
+        return
+    print("The same job on the same events file: `bench/flink_hop.py`'s HOP(1 min, 10 min) features per card "
+          "(n, avg, max, stddev_pop of the amount, distinct merchants; no predict: Flink has no ONNX). Flink "
+          "(`bench/run.py flink`): PyFlink's local mini-cluster, parallelism 1, the filesystem connector in and "
+          "out (JSON-lines part files); events/s over the job's wall time (the JVM's start not included), CPU-s "
+          "and peak RSS the JVM's. weir (`weir_bench.py --variants weir-file`): `weir run "
+          "bench/sql/windows-file.sql`, weir's filesystem source in, a %s-partition topic on a fresh tansu broker "
+          "out; events/s over the process's wall time (start-up included), CPU-s (user + sys, all threads) and "
+          "peak RSS the process's own, the broker's not included. Median (min-max) over the runs.\n"
+          % values_text(wf, "partitions"))
+    groups = {}
+    for r in wf + fl:
+        groups.setdefault(r.get("events"), {}).setdefault(r["kind"], []).append(r)
+    print("| | events | runs | events/s | CPU-s per 1M events | peak RSS MiB | records out |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for events in sorted(groups, key=lambda e: -(e or 0)):
+        for kind, who in (("weir-file", "weir (filesystem source, topic out)"),
+                          ("flink-full", "Flink (filesystem connector in and out)")):
+            rs = groups[events].get(kind)
+            if not rs:
+                print("| %s | %s | not run | | | | |" % (who, num(events)))
+                continue
+            ms = [metrics(r) for r in rs]
+            col = lambda f: spread([m[f] for m in ms])  # noqa: E731
+            print("| %s | %s | %d | %s | %s | %s | %s |" % (
+                who, num(events), len(rs), col("events_per_s"), col("cpu_per_m"), col("rss"), col("out")))
+    print()
+    lines = []
+    for events in sorted(groups, key=lambda e: -(e or 0)):
+        w, f = groups[events].get("weir-file"), groups[events].get("flink-full")
+        if not w or not f:
+            continue
+        at = " at %s events" % num(events) if len(groups) > 1 else ""
+        # Over all pairs of runs (not ratios(): its dicts keep one run per index, and
+        # two script calls both number their runs from 0).
+        vals = [b / a for a in (r.get("cpu_s_per_million_events") for r in w)
+                for b in (r.get("cpu_s_per_million_events") for r in f) if a and b]
+        lines.append("Flink's CPU per event / weir's%s: %s (over all pairs of runs)" % (at, ratio_text(vals)))
+        eps = [a / b for a in (r.get("events_per_s") for r in w) for b in (r.get("events_per_s") for r in f)
+               if a and b]
+        if eps:
+            lines.append("weir's events/s / Flink's%s: %s (over all pairs of runs; Flink's over the job alone, "
+                         "weir's over its whole process)" % (at, ratio_text(eps)))
+        rss = [b / a for a in (metrics(r)["rss"] for r in w) for b in (metrics(r)["rss"] for r in f) if a and b]
+        if rss:
+            lines.append("Flink's JVM's peak RSS / weir's%s: %s (over all pairs of runs)" % (at, ratio_text(rss)))
+        outs = {metrics(r)["out"] for r in w + f if metrics(r)["out"] is not None}
+        if len(outs) > 1:
+            lines.append("records out%s **differ**: %s" % (at, ", ".join(num(o) for o in sorted(outs))))
+        elif outs:
+            lines.append("records out%s: %s in every run of both" % (at, num(outs.pop())))
+    lines.append("weir's output against Flink's, window by window (one more weir run that kept its output, "
+                 "against Flink's first run's files): %s" % agreement_text(res))
+    for line in lines:
+        print("- " + line)
+    print()
 
 
 # ---------------------------------------------------------------- latency
@@ -511,7 +663,7 @@ def checks_e2e(groups):
     notes = []
     outs = {}
     for (kind, mode, cc, events), rs in groups:
-        if kind in ("weir", "weir-no-predict"):
+        if kind in ("weir", "weir-no-predict", "weir-file"):
             late = sum(r.get("late") or 0 for r in rs)
             dead = sum(r.get("dead_lettered") or 0 for r in rs)
             notes.append("%s, %s events: %s late, %s dead-lettered over %s" % (
@@ -521,7 +673,7 @@ def checks_e2e(groups):
             late = sum(r.get("late_event_windows") or 0 for r in rs)
             notes.append("%s, %s events: %s bad records, %s late-event windows over %s" % (
                 label(kind, mode, cc), num(events), num(bad), num(late), runs(len(rs))))
-        if kind in ("weir", "weir-no-predict", "python", "flink-full", "flink-small"):
+        if kind in ("weir", "weir-no-predict", "weir-file", "python", "flink-full", "flink-small"):
             for r in rs:
                 o = metrics(r)["out"]
                 if o is not None:
@@ -669,6 +821,7 @@ def main(argv):
     print("Generated by `bench/report.py %s`.\n" % os.path.normpath(res))
     machine_section(res, [("end-to-end", e2e), ("latency", lat), ("state-size", state)])
     e2e_section(e2e)
+    flink_file_section(e2e, res)
     latency_section(lat)
     state_section(state)
     cluster_section(cluster, e2e)

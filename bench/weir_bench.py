@@ -112,7 +112,12 @@ def run_once(a, variant, i):
             events = rep["messages"]
             rec.update(messages=events, bytes=rep["bytes"])
         elif variant == "bare-producer":
-            stdout, _, wall, cpu, rss = timed([bare_producer, broker.brokers, "card-scores", str(a.producer_records)])
+            # WEIR_BENCH_PRODUCER_ARGS: librdkafka settings (key=value) or no-headers.
+            extra = os.environ.get("WEIR_BENCH_PRODUCER_ARGS", "").split()
+            wrap = os.environ.get("WEIR_BENCH_WRAP", "").split()
+            stdout, _, wall, cpu, rss = timed(
+                wrap + [bare_producer, broker.brokers, "card-scores", str(a.producer_records)] + extra)
+            rec.update(producer_args=extra)
             rep = json.loads(stdout.strip().splitlines()[-1])
             events = rep["records"]
             rec.update(records_out=events, bytes=rep["bytes"], cpu_s_per_million_records=round(cpu / events * 1e6, 3))

@@ -2,9 +2,12 @@
 # Runs every benchmark weir has (`make bench`) and writes a BENCHMARKS.md-ready
 # report with the machine's details into bench/results/<UTC time>/:
 #   1. end to end on a tansu broker: weir, weir without predict, a bare
-#      librdkafka consumer (bench/weir_bench.py)
+#      librdkafka consumer, a bare librdkafka producer writing the pipeline's
+#      output records (bench/weir_bench.py)
 #   2. the peers on the same data: the Python baseline (bench/run.py python),
-#      Flink if its venv exists (bench/run.py flink)
+#      Flink if its venv exists (bench/run.py flink), and beside it weir on
+#      Flink's terms, reading the same file (weir_bench.py's weir-file), with
+#      the two outputs compared (bench/compare_windows.py)
 #   3. latency: weir scoring every event at fixed rates, at-least-once and
 #      exactly-once (bench/latency_bench.py)
 #   4. state size: weir on 1M keys open at once (bench/many_keys.py's data,
@@ -25,7 +28,7 @@
 #                       runs [1000000]
 #   BENCH_REPEAT        runs of each weir variant [3]
 #   BENCH_PEER_REPEAT   runs of the Python baseline and Flink [1]
-#   BENCH_VARIANTS      weir_bench.py variants [weir,weir-no-predict,bare]
+#   BENCH_VARIANTS      weir_bench.py variants [weir,weir-no-predict,bare,bare-producer]
 #   BENCH_PER_MESSAGE   1: also the per-message Python baseline (~6 min per 1M) [0]
 #   BENCH_LAT_RATES     latency: events/s, comma list [20000,100000]
 #   BENCH_LAT_DURATION  latency: measured seconds per (rate, mode) [20]
@@ -47,7 +50,7 @@ BENCH_EVENTS="${BENCH_EVENTS:-5000000}"
 BENCH_PEER_EVENTS="${BENCH_PEER_EVENTS:-1000000}"
 BENCH_REPEAT="${BENCH_REPEAT:-3}"
 BENCH_PEER_REPEAT="${BENCH_PEER_REPEAT:-1}"
-BENCH_VARIANTS="${BENCH_VARIANTS:-weir,weir-no-predict,bare}"
+BENCH_VARIANTS="${BENCH_VARIANTS:-weir,weir-no-predict,bare,bare-producer}"
 BENCH_PER_MESSAGE="${BENCH_PER_MESSAGE:-0}"
 BENCH_LAT_RATES="${BENCH_LAT_RATES:-20000,100000}"
 BENCH_LAT_DURATION="${BENCH_LAT_DURATION:-20}"
@@ -90,9 +93,11 @@ run() {
 step() { echo; echo "=== $* ($(date -u +%H:%M:%S) UTC)"; }
 
 FLINK_TMP=""
+WEIR_FILE_OUT="" # weir-file's kept output (~750 MB per 1M events), removed once compared
 finish() {
   local rc=$?
   if [[ -n $FLINK_TMP ]]; then rm -rf "$FLINK_TMP"; fi
+  if [[ -n $WEIR_FILE_OUT ]]; then rm -f "$WEIR_FILE_OUT"; fi
   if ((rc != 0)); then
     echo "bench.sh failed ($rc); the results so far are in $RES (python3 bench/report.py $RES)" >&2
   fi
@@ -101,9 +106,18 @@ trap finish EXIT
 
 # ----------------------------------------------------------------- installs
 
-# The steps that run the release weir binary; they and the Python baseline
-# need the broker.
-uses_weir=0
+run_flink=0
+if ! skip flink; then
+  if [[ -x $BENCH_FLINK_PYTHON ]]; then
+    run_flink=1
+  else
+    echo "Flink: $BENCH_FLINK_PYTHON not found, skipped (bench/README.md says how to make the venv)"
+  fi
+fi
+
+# The steps that run the release weir binary (the Flink step runs weir on the
+# same file beside Flink); they and the Python baseline need the broker.
+uses_weir=$run_flink
 for s in e2e latency state cluster; do skip $s || uses_weir=1; done
 needs_broker=$uses_weir
 if ! skip python; then needs_broker=1; fi
@@ -136,7 +150,7 @@ fi
 if ! skip build; then
   step "build"
   if ! skip e2e; then
-    run cargo build --release -j "$JOBS" --bin weir --example bare_consumer
+    run cargo build --release -j "$JOBS" --bin weir --example bare_consumer --example bare_producer
   elif ((uses_weir)); then
     run cargo build --release -j "$JOBS" --bin weir
   fi
@@ -170,15 +184,6 @@ ensure_keys() {
   run python3 bench/many_keys.py --events "$n" --cards "$k" --out "$f.partial"
   mv "$f.partial" "$f"
 }
-
-run_flink=0
-if ! skip flink; then
-  if [[ -x $BENCH_FLINK_PYTHON ]]; then
-    run_flink=1
-  else
-    echo "Flink: $BENCH_FLINK_PYTHON not found, skipped (bench/README.md says how to make the venv)"
-  fi
-fi
 
 step "data"
 EVENTS="$BENCH_DATA/events-$BENCH_EVENTS.jsonl"
@@ -221,14 +226,38 @@ if ! skip python; then
 fi
 
 if ((run_flink)); then
-  step "Flink: $BENCH_PEER_EVENTS events, runs: $BENCH_PEER_REPEAT (~3 min per 1M events)"
-  # weir has no filesystem source yet, so there is no weir run on Flink's terms:
-  # Flink's row is Flink alone (file in, files out, no predict).
-  # run.py leaves its temporary directory (the job's output, ~0.9 GB per 1M
-  # events) behind; point it into one that finish() removes.
+  step "Flink and weir on the same file: $BENCH_PEER_EVENTS events, runs of each: $BENCH_PEER_REPEAT" \
+    "(per 1M events: Flink ~3 min, weir ~0.5 min), then one more weir run kept and compared with Flink's"
+  # Flink's job (flink_hop.py): the HOP aggregation only, file in, files out,
+  # no predict, no Kafka. run.py leaves its temporary directory (the job's
+  # output, ~0.9 GB per 1M events) behind; point it into one that finish()
+  # removes. --keep-output moves the full runs' output files (run<i>-part-*)
+  # there too, for the comparison below.
   FLINK_TMP=$(mktemp -d "${TMPDIR:-/tmp}/weir-bench-flink.XXXXXX")
   run env TMPDIR="$FLINK_TMP" python3 bench/run.py flink --events-file "$PEER_EVENTS" \
-    --flink-python "$BENCH_FLINK_PYTHON" --repeat "$BENCH_PEER_REPEAT" --log "$RES/e2e.jsonl"
+    --flink-python "$BENCH_FLINK_PYTHON" --repeat "$BENCH_PEER_REPEAT" --keep-output "$FLINK_TMP/flink-out" \
+    --log "$RES/e2e.jsonl"
+  # weir on Flink's terms (bench/sql/windows-file.sql): the same aggregation,
+  # reading the same file with weir's filesystem source, writing to a topic.
+  run python3 bench/weir_bench.py --events-file "$PEER_EVENTS" --partitions "$PARTITIONS" --variants weir-file \
+    --repeat "$BENCH_PEER_REPEAT" --log "$RES/e2e.jsonl"
+  # One more weir-file run, not logged, that keeps its output: weir_bench.py
+  # reads the topic back inside the run, which would count in the broker's CPU
+  # of a timed run. Then weir's windows against Flink's first run's (exit 1
+  # when they disagree: recorded in weir-vs-flink.json's "agree", the bench
+  # goes on).
+  WEIR_FILE_OUT="$RES/weir-file-out.jsonl"
+  run python3 bench/weir_bench.py --events-file "$PEER_EVENTS" --partitions "$PARTITIONS" --variants weir-file \
+    --repeat 1 --keep-output "$WEIR_FILE_OUT"
+  flink_out=("$FLINK_TMP"/flink-out/run0-*)
+  if [[ ! -e ${flink_out[0]} ]]; then
+    echo "weir vs Flink: Flink kept no output in $FLINK_TMP/flink-out, not compared" >&2
+  elif ! run python3 bench/compare_windows.py "$WEIR_FILE_OUT" --expected "${flink_out[@]}" \
+    >"$RES/weir-vs-flink.json"; then
+    echo "weir vs Flink: the outputs differ or the comparison failed (weir-vs-flink.json, bench.log)" >&2
+  fi
+  rm -f "$WEIR_FILE_OUT"
+  WEIR_FILE_OUT=""
   rm -rf "$FLINK_TMP"
   FLINK_TMP=""
 fi

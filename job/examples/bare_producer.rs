@@ -1,13 +1,14 @@
 //! The output side's limit for the end-to-end benchmark: librdkafka producing
 //! N records like the fraud pipeline's (a ~150-byte JSON value keyed by card,
 //! an 18-byte `weir.id` header) with weir's own producer settings and a
-//! delivery callback per record, as weir's sink has, then flushing. Values
-//! are made up front (1,000 distinct ones, cycled), so what is measured is the
-//! client. Prints one JSON line: records, bytes, wall seconds; CPU and peak
+//! delivery callback per record, as weir's sink has, and weir's allocator,
+//! then flushing. Values are made up front (1,000 distinct ones, cycled), so
+//! what is measured is the client. Prints one JSON line: records, bytes, wall seconds; CPU and peak
 //! RSS are measured from outside (bench/weir_bench.py, variant bare-producer).
 //!
 //! ```sh
-//! cargo run --release --example bare_producer -- 127.0.0.1:9092 card-scores 4942951
+//! cargo run --release --example bare_producer -- 127.0.0.1:9092 card-scores 4942951 \
+//!     [linger.ms=50 ...]   # librdkafka settings over weir's; no-headers: no weir.id
 //! ```
 
 use std::collections::BTreeMap;
@@ -18,6 +19,10 @@ use std::time::{Duration, Instant};
 use rdkafka::ClientContext;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+
+/// The allocator weir runs with (mimalloc, also serving librdkafka's malloc).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Default)]
 struct Counts {
@@ -44,8 +49,19 @@ fn main() -> anyhow::Result<()> {
     let brokers = args.next().unwrap_or_else(|| "127.0.0.1:9092".into());
     let topic = args.next().unwrap_or_else(|| "card-scores".into());
     let n: u64 = args.next().map_or(Ok(1_000_000), |v| v.parse())?;
+    let mut properties = BTreeMap::new();
+    let mut headers_on = true;
+    for a in args {
+        match a.split_once('=') {
+            Some((k, v)) => {
+                properties.insert(k.to_string(), v.to_string());
+            }
+            None if a == "no-headers" => headers_on = false,
+            None => anyhow::bail!("expected key=value or no-headers, not '{a}'"),
+        }
+    }
     let counts = Arc::new(Counts::default());
-    let producer: ThreadedProducer<Ctx> = weir::kafka::producer_config(&brokers, &BTreeMap::new())
+    let producer: ThreadedProducer<Ctx> = weir::kafka::producer_config(&brokers, &properties)
         .create_with_context(Ctx(counts.clone()))?;
     let records: Vec<(String, String)> = (0..1000u64)
         .map(|i| {
@@ -72,8 +88,10 @@ fn main() -> anyhow::Result<()> {
         });
         let mut record = BaseRecord::to(&topic)
             .key(key.as_bytes())
-            .payload(value.as_bytes())
-            .headers(headers);
+            .payload(value.as_bytes());
+        if headers_on {
+            record = record.headers(headers);
+        }
         bytes += value.len() as u64;
         // A full queue: wait for deliveries, as weir's sink does.
         loop {

@@ -14,7 +14,9 @@ use weir::{RunOptions, load_pipeline, run_pipeline};
 
 /// mimalloc instead of glibc's malloc: the window state and the output path
 /// allocate small objects on one thread and free them on another, where
-/// glibc's arenas contend (about a quarter of the CPU in the profile).
+/// glibc's arenas contend (about a quarter of the CPU in the profile). The
+/// crate's "override" feature (workspace Cargo.toml) makes it the C
+/// libraries' malloc too.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
