@@ -1,5 +1,5 @@
-//! A source task: one thread that reads one Kafka source table and runs every
-//! flow reading it.
+//! A source task: one thread that reads one source table (a Kafka topic, or
+//! files: `files.rs`) and runs every flow reading it.
 //!
 //! ```text
 //! open the task's state store (restores the newest checkpoint: state, offsets,
