@@ -64,8 +64,8 @@ pub struct KafkaTable {
     /// (bounded), resolved against the SQL file's directory. Such a table is
     /// only ever a source.
     pub path: Option<PathBuf>,
-    /// For a filesystem table, where its dead letters go (empty: the
-    /// cluster of the pipeline's sinks).
+    /// The brokers; for a filesystem table, where its dead letters go (empty:
+    /// the cluster its flows write to).
     pub bootstrap_servers: String,
     /// `properties.*` options (minus `bootstrap.servers`), passed to librdkafka.
     pub properties: BTreeMap<String, String>,
