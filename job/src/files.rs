@@ -161,11 +161,6 @@ impl FileInput {
         )
     }
 
-    /// The files, in reading order.
-    pub fn files(&self) -> &[PathBuf] {
-        &self.files
-    }
-
     /// Appends up to `max` records (lines that are not blank) to `buf`, each
     /// followed by a newline, with their ranges in `spans` and their places in
     /// `metas`, as the decoder takes a batch. Returns false once every file is

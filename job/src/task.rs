@@ -970,11 +970,6 @@ impl SourceTask {
             origins.clear();
             let deadline = Instant::now() + self.settings.linger;
             while spans.len() < self.settings.batch_size && controls.is_empty() {
-                let timeout = if spans.is_empty() {
-                    Duration::from_millis(50)
-                } else {
-                    deadline.saturating_duration_since(Instant::now())
-                };
                 let consumer = match &mut input {
                     Input::Kafka(c) => c,
                     Input::Files(files) => {
@@ -984,6 +979,11 @@ impl SourceTask {
                         }
                         break;
                     }
+                };
+                let timeout = if spans.is_empty() {
+                    Duration::from_millis(50)
+                } else {
+                    deadline.saturating_duration_since(Instant::now())
                 };
                 match consumer.poll(timeout) {
                     None => break,

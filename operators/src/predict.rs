@@ -211,7 +211,8 @@ fn load_plan(path: &Path, fixed: bool) -> anyhow::Result<(Plan, FixedPlans, Mode
     let outlet = model.output_outlets()?[output];
     model.select_output_outlets(&[outlet])?;
     let mut plans = Vec::new();
-    for &rows in fixed_rows().iter().filter(|_| fixed) {
+    let sizes = if fixed { fixed_rows() } else { &[] };
+    for &rows in sizes {
         let mut m = model.clone();
         m.set_input_fact(0, f32::fact([rows, width]).into())?;
         let plan = m

@@ -465,7 +465,7 @@ pub fn build_table(
     let connector = one_of("connector", &["kafka", "upsert-kafka", "filesystem"], "")?;
     required("connector")?;
     let upsert = connector == "upsert-kafka";
-    let path = if connector == "filesystem" {
+    let (path, topic) = if connector == "filesystem" {
         // A file source is bounded and has no topic, offsets or group.
         for k in [
             "topic",
@@ -510,7 +510,7 @@ pub fn build_table(
                 ),
             ));
         }
-        Some(full)
+        (Some(full), p.value.clone())
     } else {
         if let Some(v) = values.get("path") {
             return Err(Located::new(
@@ -518,11 +518,7 @@ pub fn build_table(
                 "'path' is for files: a Kafka table names its 'topic' (or use 'connector' = 'filesystem')",
             ));
         }
-        None
-    };
-    let topic = match &path {
-        Some(_) => required("path")?.value.clone(),
-        None => required("topic")?.value.clone(),
+        (None, required("topic")?.value.clone())
     };
     let scan_table = upsert || one_of("scan.mode", &["stream", "table"], "stream")? == "table";
     let format = if upsert {

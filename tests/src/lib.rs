@@ -338,6 +338,38 @@ pub fn weir_binary() -> PathBuf {
     bin
 }
 
+/// Starts `weir run SQL` as the crash tests do: `BROKERS` and `OUT` in its
+/// environment, `--group-id OUT`, the given state directory, no printing,
+/// info logs appended to `log`, and `WEIR_FAULT` set to `fault` (or unset).
+pub fn spawn_weir_run(
+    sql: &std::path::Path,
+    brokers: &str,
+    out: &str,
+    state: &std::path::Path,
+    fault: Option<&str>,
+    log: &std::path::Path,
+) -> Child {
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("the log file opens");
+    let mut cmd = Command::new(weir_binary());
+    cmd.args(["run", "--print", "false", "--group-id", out, "--state-dir"])
+        .arg(state)
+        .arg(sql)
+        .env("BROKERS", brokers)
+        .env("OUT", out)
+        .env("RUST_LOG", "weir=info")
+        .env_remove("WEIR_FAULT")
+        .stdout(Stdio::null())
+        .stderr(log_file);
+    if let Some(f) = fault {
+        cmd.env("WEIR_FAULT", f);
+    }
+    cmd.spawn().expect("weir starts")
+}
+
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -20,14 +20,13 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use weir::generate::{FraudGenerator, fmt_ts};
 use weir_tests::{
-    Record, Tansu, create_topic, produce_unbatched, read_all, weir_binary, workspace_root,
+    Record, Tansu, create_topic, produce_unbatched, read_all, spawn_weir_run, workspace_root,
 };
 
 const EVENTS: usize = 120_000;
@@ -133,25 +132,7 @@ fn run_once(
     kill_after: Option<Duration>,
     log: &Path,
 ) -> Outcome {
-    let log_file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    let mut cmd = Command::new(weir_binary());
-    cmd.args(["run", "--print", "false", "--group-id", out, "--state-dir"])
-        .arg(state)
-        .arg(sql)
-        .env("BROKERS", brokers)
-        .env("OUT", out)
-        .env("RUST_LOG", "weir=info")
-        .env_remove("WEIR_FAULT")
-        .stdout(Stdio::null())
-        .stderr(log_file);
-    if let Some(f) = fault {
-        cmd.env("WEIR_FAULT", f);
-    }
-    let mut child = cmd.spawn().expect("weir starts");
+    let mut child = spawn_weir_run(sql, brokers, out, state, fault, log);
     let deadline = Instant::now() + kill_after.unwrap_or(Duration::from_secs(600));
     loop {
         if let Some(status) = child.try_wait().unwrap() {

@@ -5,12 +5,11 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use weir::generate::{FraudGenerator, fmt_ts};
 use weir_tests::cluster::{WindowResults, close, window_results};
-use weir_tests::{Record, Tansu, create_topic, produce, read_all, weir_binary};
+use weir_tests::{Record, Tansu, create_topic, produce, read_all, spawn_weir_run};
 
 const EVENTS: usize = 30_000;
 
@@ -67,25 +66,7 @@ GROUP BY card_id, window_start, window_end;
 /// finished and its log.
 fn run(sql: &Path, brokers: &str, out: &str, state: &Path, fault: Option<&str>) -> (bool, String) {
     let log = state.with_extension("log");
-    let log_file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)
-        .unwrap();
-    let mut cmd = Command::new(weir_binary());
-    cmd.args(["run", "--print", "false", "--group-id", out, "--state-dir"])
-        .arg(state)
-        .arg(sql)
-        .env("BROKERS", brokers)
-        .env("OUT", out)
-        .env("RUST_LOG", "weir=info")
-        .env_remove("WEIR_FAULT")
-        .stdout(Stdio::null())
-        .stderr(log_file);
-    if let Some(f) = fault {
-        cmd.env("WEIR_FAULT", f);
-    }
-    let mut child = cmd.spawn().expect("weir starts");
+    let mut child = spawn_weir_run(sql, brokers, out, state, fault, &log);
     let deadline = Instant::now() + Duration::from_secs(300);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
