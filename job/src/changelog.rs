@@ -124,7 +124,11 @@ impl Ownership {
 /// (its owner released it, or has written nothing for `lease`: a live task
 /// writes a commit every checkpoint interval), write a claim, read on past
 /// it, and own the partition only if the claim won; otherwise wait again.
-/// Returns false if `stop` was set first.
+/// Returns false if `stop` was set first. While an owner that is seen alive
+/// (it wrote after the wait began) holds the partition, `waiting_since_ms`
+/// holds when the wait began (Unix ms), so that the worker can tell a
+/// handover (seconds) from a group that gave the partition to two members at
+/// once (see `cluster::worker`); it is 0 again when this returns.
 pub fn await_handover(
     sink: &Sink,
     topic: &str,
@@ -132,6 +136,21 @@ pub fn await_handover(
     lease: Duration,
     stop: &std::sync::atomic::AtomicBool,
     run: u64,
+    waiting_since_ms: &std::sync::atomic::AtomicU64,
+) -> anyhow::Result<bool> {
+    let waited = await_free(sink, topic, partition, lease, stop, run, waiting_since_ms);
+    waiting_since_ms.store(0, std::sync::atomic::Ordering::Relaxed);
+    waited
+}
+
+fn await_free(
+    sink: &Sink,
+    topic: &str,
+    partition: i32,
+    lease: Duration,
+    stop: &std::sync::atomic::AtomicBool,
+    run: u64,
+    waiting_since_ms: &std::sync::atomic::AtomicU64,
 ) -> anyhow::Result<bool> {
     let consumer = crate::kafka::scan_consumer(sink.bootstrap(), "weir-changelog-handover")?;
     let mut tpl = TopicPartitionList::new();
@@ -141,6 +160,7 @@ pub fn await_handover(
     let mut at_end = false;
     let mut claimed = false;
     let mut logged = false;
+    let mut wait_began: Option<i64> = None;
     loop {
         if stop.load(std::sync::atomic::Ordering::Relaxed) {
             return Ok(false);
@@ -171,9 +191,21 @@ pub fn await_handover(
                 "changelog '{topic}' partition {partition}: another worker claimed it first; waiting"
             );
         }
-        let silent_ms = chrono::Utc::now().timestamp_millis() - state.last_ms;
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let silent_ms = now_ms - state.last_ms;
         let free = state.owner.is_none() || silent_ms >= lease.as_millis() as i64;
         if !free {
+            // An owner that wrote after the wait began is alive (a killed one
+            // only goes silent): from then on this is a wait for its release.
+            let began = *wait_began.get_or_insert(now_ms);
+            if state.last_ms > began {
+                let _ = waiting_since_ms.compare_exchange(
+                    0,
+                    began.max(1) as u64,
+                    std::sync::atomic::Ordering::Relaxed,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+            }
             if !logged {
                 tracing::info!(
                     "changelog '{topic}' partition {partition}: waiting for the previous owner to release it (or to be silent for {} ms)",
@@ -183,6 +215,8 @@ pub fn await_handover(
             }
             continue;
         }
+        wait_began = None;
+        waiting_since_ms.store(0, std::sync::atomic::Ordering::Relaxed);
         if let Some(gone) = state.owner {
             tracing::info!(
                 "changelog '{topic}' partition {partition}: the previous owner ({gone:016x}) has written nothing for {silent_ms} ms and did not release it; taking over"

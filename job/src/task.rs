@@ -278,6 +278,10 @@ pub struct TaskCounters {
     pub last_checkpoint_ms: AtomicU64,
     pub last_checkpoint_bytes: AtomicU64,
     pub restore_ms: AtomicU64,
+    /// Cluster tasks: since when (Unix ms) the task has waited for another
+    /// worker that still runs its partition to release it; 0 when it is not
+    /// waiting (see `changelog::await_handover`).
+    pub handover_waiting_since_ms: AtomicU64,
     /// Per input partition, the next offset to process (lag = end - this).
     pub positions: Mutex<BTreeMap<i32, i64>>,
 }
@@ -520,6 +524,7 @@ impl SourceTask {
                 lease,
                 &self.stop,
                 run,
+                &self.counters.handover_waiting_since_ms,
             )?
         {
             info!(

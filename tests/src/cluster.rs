@@ -62,6 +62,15 @@ impl Worker {
         serde_json::from_str(&http_get(&self.http, "/api/jobs")?).ok()
     }
 
+    /// The last lines of every worker's log, for a failure message.
+    pub fn tails(workers: &[&Worker]) -> String {
+        workers
+            .iter()
+            .map(|w| format!("--- {} ---\n{}", w.id, w.tail()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     pub fn tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();

@@ -175,7 +175,7 @@ fn workers_share_a_job_survive_a_kill_and_write_each_result_once() {
     assert!(
         read >= half as u64 && seen.iter().map(|x| x.1.len()).sum::<usize>() == 6,
         "three workers share the 6 partitions and read the first half: {seen:?}\n{}",
-        w1.tail()
+        Worker::tails(&[&w1, &w2, &w3])
     );
     assert!(
         seen.iter().filter(|x| !x.1.is_empty()).count() >= 2,
@@ -193,7 +193,7 @@ fn workers_share_a_job_survive_a_kill_and_write_each_result_once() {
     assert!(
         seen.iter().any(|x| x.0 == "w4" && !x.1.is_empty()),
         "partitions move to the fourth worker: {seen:?}\n{}",
-        w4.tail()
+        Worker::tails(&[&w1, &w2, &w3, &w4])
     );
 
     // The second half arrives while a worker is killed.
@@ -274,7 +274,8 @@ fn workers_share_a_job_survive_a_kill_and_write_each_result_once() {
     });
     assert!(
         running.iter().map(|x| x.1.len()).sum::<usize>() == PARTITIONS as usize,
-        "the killed worker's partitions moved to the survivors: {running:?}"
+        "the killed worker's partitions moved to the survivors: {running:?}\n{}",
+        Worker::tails(&survivors)
     );
 
     // What the cluster reports: Prometheus metrics, `weir jobs`, `weir describe`.

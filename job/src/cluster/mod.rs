@@ -172,6 +172,8 @@ pub fn jobs_table(topics: &ClusterTopics) -> anyhow::Result<String> {
         let lag: i64 = reports
             .iter()
             .flat_map(|(_, j)| &j.tasks)
+            // A waiting task's partition is counted where it runs.
+            .filter(|t| t.state != "waiting")
             .filter_map(|t| t.lag())
             .sum();
         let rate: f64 = reports.iter().map(|(_, j)| j.records_out_per_s).sum();

@@ -531,12 +531,28 @@ fn run_job(
             // unanswered). Joining afresh, as a new member, unsticks it; a
             // worker that is idle because the job has fewer partitions than
             // workers only causes a rebalance that changes nothing.
-            if idle_since.is_some_and(|t| t.elapsed() >= rejoin_after) {
-                info!(
-                    "job {}: no partitions for {}s; joining the group afresh",
-                    spec.name,
-                    rejoin_after.as_secs()
-                );
+            let idle = idle_since.is_some_and(|t| t.elapsed() >= rejoin_after);
+            // tansu was also seen giving a partition to a second member while
+            // the first kept it, for minutes and without another rebalance:
+            // the claim keeps one of them running it, the other waits. A
+            // handover takes a final checkpoint, seconds; a task still
+            // waiting for a live owner after `rejoin_after` means the
+            // group's assignment is inconsistent, and a fresh join makes
+            // every member rejoin with what it owns.
+            let conflict = tasks.longest_handover_wait().filter(|w| *w >= rejoin_after);
+            if idle || conflict.is_some() {
+                match conflict {
+                    Some(w) => warn!(
+                        "job {}: a task has waited {}s for another worker that the group also gave its partition; joining the group afresh",
+                        spec.name,
+                        w.as_secs()
+                    ),
+                    None => info!(
+                        "job {}: no partitions for {}s; joining the group afresh",
+                        spec.name,
+                        rejoin_after.as_secs()
+                    ),
+                }
                 drop(consumer);
                 consumer = match join_group(options, &group_id, bootstrap, &topics, &tasks) {
                     Ok(c) => c,
@@ -969,6 +985,20 @@ impl JobTasks {
         *self.ends.lock().unwrap_or_else(|e| e.into_inner()) = ends;
     }
 
+    /// How long the longest-waiting task has waited for another worker
+    /// that still runs its partition, if any task is waiting.
+    fn longest_handover_wait(&self) -> Option<Duration> {
+        let now = chrono::Utc::now().timestamp_millis().max(0) as u64;
+        self.slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|s| s.counters.handover_waiting_since_ms.load(Ordering::Relaxed))
+            .filter(|since| *since > 0)
+            .map(|since| Duration::from_millis(now.saturating_sub(since)))
+            .max()
+    }
+
     fn status(&self) -> Vec<TaskStatus> {
         let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         let ends = self.ends.lock().unwrap_or_else(|e| e.into_inner());
@@ -981,7 +1011,12 @@ impl JobTasks {
                     source: s.source.clone(),
                     topic: topic.clone(),
                     partition: *p,
-                    state: s.state.to_owned(),
+                    // Assigned here, but another worker still runs it.
+                    state: if s.state == "running" && get(&c.handover_waiting_since_ms) > 0 {
+                        "waiting".to_owned()
+                    } else {
+                        s.state.to_owned()
+                    },
                     error: s.error.clone(),
                     records_in: get(&c.records_in),
                     records_out: get(&c.records_out),
