@@ -561,6 +561,7 @@ impl TaskFactory {
             let sink_table = &plan.tables[&flow.sink];
             flows.push(FlowRuntime {
                 exactly_once: sink_table.delivery == DeliveryGuarantee::ExactlyOnce,
+                id_header: sink_table.id_header,
                 flow: flow.clone(),
                 chain: build_chain(flow, &plan.tables, &self.models).with_context(|| {
                     format!("building flow {} (INSERT INTO {})", flow.index, flow.sink)

@@ -292,6 +292,8 @@ pub struct FlowRuntime {
     pub encoder: JsonEncoder,
     pub sink_topic: String,
     pub exactly_once: bool,
+    /// Whether records carry the `weir.id` header (`'sink.id-header'`).
+    pub id_header: bool,
 }
 
 /// Where a task keeps its state and how much memory it may use.
@@ -1401,24 +1403,28 @@ impl SourceTask {
         for b in out {
             let encoded = f.encoder.encode(&b.data)?;
             for i in 0..encoded.len() {
-                let id = record_id(flow_id, b.ids.value(i));
-                if f.exactly_once && Dedupe::seen(&mut self.dedupe, &id) {
-                    skipped += 1;
-                    continue;
+                let row = b.ids.value(i);
+                let mut headers = None;
+                if f.id_header {
+                    let id = record_id(flow_id, row);
+                    if f.exactly_once && Dedupe::seen(&mut self.dedupe, &id) {
+                        skipped += 1;
+                        continue;
+                    }
+                    headers = Some(id_header(&id));
                 }
-                let mut headers = id_header(&id);
-                if let Some(change) = Change::of(b.ids.value(i)).header() {
-                    headers = headers.insert(Header {
+                if let Some(change) = Change::of(row).header() {
+                    let change = Header {
                         key: CHANGE_HEADER,
                         value: Some(change),
+                    };
+                    headers = Some(match headers {
+                        Some(h) => h.insert(change),
+                        None => OwnedHeaders::new_with_capacity(1).insert(change),
                     });
                 }
-                self.sink.send(
-                    &f.sink_topic,
-                    encoded.key(i),
-                    encoded.value(i),
-                    Some(headers),
-                )?;
+                self.sink
+                    .send(&f.sink_topic, encoded.key(i), encoded.value(i), headers)?;
                 sent += 1;
             }
         }

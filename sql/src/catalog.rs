@@ -78,6 +78,10 @@ pub struct KafkaTable {
     /// interval's output, changelog records and input offsets in one Kafka
     /// transaction.
     pub transactional: bool,
+    /// `'sink.id-header'` (default true): each output record carries the
+    /// `weir.id` header (its identity, for consumers to drop at-least-once
+    /// repeats). Exactly-once sinks need it: a restart finds what it wrote by it.
+    pub id_header: bool,
     /// Partitions to create the topic with when it does not exist.
     pub partitions: Option<i32>,
     /// After this long without records a partition stops holding the watermark back.
@@ -171,6 +175,7 @@ pub const TABLE_OPTIONS: &[&str] = &[
     "dead-letter.topic",
     "sink.delivery-guarantee",
     "sink.transactional",
+    "sink.id-header",
     "topic.partitions",
     "json.timestamp-format.standard",
     "late.policy",
@@ -475,6 +480,7 @@ pub fn build_table(
             "scan.watermark.idle-timeout",
             "sink.delivery-guarantee",
             "sink.transactional",
+            "sink.id-header",
             "topic.partitions",
             "embedded.generator",
         ] {
@@ -658,6 +664,16 @@ pub fn build_table(
         _ => DeliveryGuarantee::AtLeastOnce,
     };
     let transactional = one_of("sink.transactional", &["true", "false"], "false")? == "true";
+    let id_header = one_of("sink.id-header", &["true", "false"], "true")? == "true";
+    if !id_header && delivery == DeliveryGuarantee::ExactlyOnce {
+        return Err(Located::new(
+            values["sink.id-header"].pos,
+            format!(
+                "'sink.id-header' = 'false' needs 'sink.delivery-guarantee' = 'at-least-once' on table {}: an exactly-once sink finds what a restarted task already wrote by that header",
+                name.value
+            ),
+        ));
+    }
     one_of(
         "json.timestamp-format.standard",
         &["ISO-8601", "SQL"],
@@ -760,6 +776,7 @@ pub fn build_table(
         embedded_generator: get("embedded.generator").map(|v| v.value.clone()),
         embedded_generator_rate,
         transactional,
+        id_header,
         format,
         late_policy,
         scan_table,

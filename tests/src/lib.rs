@@ -16,10 +16,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use rdkafka::ClientConfig;
 use rdkafka::Message;
+use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Headers;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 
 pub struct Tansu {
@@ -189,6 +190,26 @@ pub fn produce_unbatched(brokers: &str, topic: &str, records: &[Record]) -> anyh
     )
 }
 
+/// Records the broker refused (an unknown partition, say), which librdkafka
+/// reports only to the delivery callback.
+#[derive(Default)]
+struct DeliveryFailures(std::sync::Mutex<Vec<String>>);
+
+impl ClientContext for DeliveryFailures {}
+
+impl ProducerContext for DeliveryFailures {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, m)) = result {
+            self.0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(format!("partition {}: {e}", m.partition()));
+        }
+    }
+}
+
 fn produce_with(
     brokers: &str,
     topic: &str,
@@ -202,7 +223,8 @@ fn produce_with(
     for (k, v) in settings {
         config.set(*k, *v);
     }
-    let producer: ThreadedProducer<DefaultProducerContext> = config.create()?;
+    let producer: ThreadedProducer<DeliveryFailures> =
+        config.create_with_context(DeliveryFailures::default())?;
     for r in records {
         let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic);
         if !r.tombstone {
@@ -236,7 +258,21 @@ fn produce_with(
     let mut left = producer.in_flight_count();
     loop {
         match producer.flush(Duration::from_secs(30)) {
-            Ok(()) => return Ok(()),
+            Ok(()) => {
+                let failed = producer
+                    .context()
+                    .0
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                if let Some(first) = failed.first() {
+                    bail!(
+                        "producing to {topic}: {} of {} records refused, the first: {first}",
+                        failed.len(),
+                        records.len()
+                    );
+                }
+                return Ok(());
+            }
             Err(e) => {
                 let now = producer.in_flight_count();
                 if now >= left {

@@ -209,3 +209,63 @@ FROM TABLE(TUMBLE(TABLE tx, DESCRIPTOR(ts), INTERVAL '1' MINUTE)) GROUP BY windo
             .collect::<Vec<_>>()
     );
 }
+
+/// `'sink.id-header' = 'false'` leaves the `weir.id` header off a sink's
+/// records (the other sink of the same source keeps it), and is refused,
+/// with its position, on an exactly-once sink, which needs the header.
+#[test]
+fn a_sink_can_leave_the_id_header_off() {
+    let broker = Tansu::start().unwrap();
+    let b = &broker.brokers;
+    create_topic(b, "ih-in", 3).unwrap();
+    produce(b, "ih-in", &events(0, 50)).unwrap();
+    let sql = |off_guarantee: &str| {
+        format!(
+            r#"
+CREATE TABLE tx (id BIGINT, ts TIMESTAMP(3)) WITH ('connector' = 'kafka', 'topic' = 'ih-in',
+  'format' = 'json', 'properties.bootstrap.servers' = '{b}',
+  'scan.startup.mode' = 'earliest-offset', 'scan.bounded.mode' = 'latest-offset');
+CREATE TABLE with_id WITH ('connector' = 'kafka', 'topic' = 'ih-with', 'format' = 'json',
+  'properties.bootstrap.servers' = '{b}');
+CREATE TABLE without_id WITH ('connector' = 'kafka', 'topic' = 'ih-without', 'format' = 'json',
+  'properties.bootstrap.servers' = '{b}', 'sink.delivery-guarantee' = '{off_guarantee}',
+  'sink.id-header' = 'false');
+INSERT INTO with_id SELECT id FROM tx;
+INSERT INTO without_id SELECT id FROM tx;
+"#
+        )
+    };
+    let (dir, path) = pipeline_file(&sql("exactly-once"));
+    let err = format!(
+        "{:#}",
+        load_pipeline(&path, &|_| None).err().expect("refused")
+    );
+    assert!(
+        err.contains("pipeline.sql:9:22:") && err.contains("'sink.id-header' = 'false' needs"),
+        "{err}"
+    );
+
+    std::fs::write(&path, sql("at-least-once")).unwrap();
+    let stats = run_pipeline(
+        load_pipeline(&path, &|_| None).unwrap(),
+        RunOptions {
+            print: Some(false),
+            state_dir: Some(dir.path().join("state")),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(stats.total().records_in, 50);
+    let with = read_all(b, "ih-with", Duration::from_secs(30)).unwrap();
+    let without = read_all(b, "ih-without", Duration::from_secs(30)).unwrap();
+    assert_eq!((with.len(), without.len()), (50, 50));
+    assert!(
+        with.iter().all(|r| r.headers.contains_key("weir.id")),
+        "the default sink's records carry weir.id"
+    );
+    assert!(
+        without.iter().all(|r| r.headers.is_empty()),
+        "the other sink's records carry no header: {:?}",
+        without[0].headers
+    );
+}
