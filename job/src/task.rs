@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use datafusion::arrow::array::{AsArray, Int64Array};
 use datafusion::arrow::datatypes::TimestampMillisecondType;
+use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders};
@@ -32,7 +33,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::{debug, info, warn};
 use weir_operators::decode::Decoded;
 use weir_operators::ids::{Change, ROW_ID_LEN, id_array, parse_source_row_id, source_row_id};
-use weir_operators::watermark::{END_OF_TIME, START_OF_TIME};
+use weir_operators::watermark::{Alignment, END_OF_TIME, START_OF_TIME};
 use weir_operators::window::Assigner;
 use weir_operators::{
     Batch, Chain, Context, JsonDecoder, JsonEncoder, RecordMeta, StateAttachment, TableChanges,
@@ -354,15 +355,67 @@ pub struct SourceTask {
 
 /// Where a source task's records come from.
 enum Input {
-    Kafka(WeirConsumer),
+    Kafka(KafkaInput),
     Files(crate::files::FileInput),
 }
 
 impl Input {
     fn consumer(&self) -> Option<&WeirConsumer> {
         match self {
-            Input::Kafka(c) => Some(c),
+            Input::Kafka(k) => Some(&*k.consumer),
             Input::Files(_) => None,
+        }
+    }
+}
+
+/// A source's Kafka consumer. Under watermark alignment each partition has a
+/// queue of its own, and a partition that runs ahead is simply not read:
+/// librdkafka stops fetching it once its prefetch is full and goes on where
+/// it stopped. (Pausing it would drop the prefetch and fetch again from the
+/// next offset, inside a record batch, which tansu answers with the batch
+/// after: records lost.)
+struct KafkaInput {
+    consumer: Arc<WeirConsumer>,
+    /// (partition, its queue); empty: everything comes through `consumer`.
+    queues: Vec<(i32, PartitionQueue<QuietEof>)>,
+    /// Where the next round over the queues starts.
+    next: std::cell::Cell<usize>,
+}
+
+impl KafkaInput {
+    /// The next message or event, from a partition not in `held` (indexed by
+    /// partition), waiting up to `timeout`.
+    fn poll(
+        &self,
+        timeout: Duration,
+        held: &[bool],
+    ) -> Option<rdkafka::error::KafkaResult<rdkafka::message::BorrowedMessage<'_>>> {
+        if self.queues.is_empty() {
+            return self.consumer.poll(timeout);
+        }
+        let deadline = Instant::now() + timeout;
+        let n = self.queues.len();
+        loop {
+            for k in 0..n {
+                let i = (self.next.get() + k) % n;
+                let (p, q) = &self.queues[i];
+                if held.get(*p as usize).copied().unwrap_or(false) {
+                    continue;
+                }
+                if let Some(r) = q.poll(Duration::ZERO) {
+                    self.next.set((i + 1) % n);
+                    return Some(r);
+                }
+            }
+            // Nothing queued: serve the consumer's own events (errors), which
+            // also waits a little for the partitions' fetches.
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            if let Some(r) = self.consumer.poll(left.min(Duration::from_millis(2))) {
+                return Some(r);
+            }
         }
     }
 }
@@ -441,6 +494,19 @@ impl SourceTask {
         topics.sort();
         topics.dedup();
         topics
+    }
+
+    /// Whether every flow of this source has a stage that waits for the
+    /// watermark (a window or OVER): watermark alignment would hold a
+    /// stateless flow's output up for nothing.
+    fn every_flow_waits_for_the_watermark(&self) -> bool {
+        !self.flows.is_empty()
+            && self.flows.iter().all(|f| {
+                f.flow
+                    .stages
+                    .iter()
+                    .any(|s| matches!(s, Stage::WindowAggregate(_) | Stage::Over(_)))
+            })
     }
 
     pub fn run(mut self) -> anyhow::Result<()> {
@@ -721,6 +787,24 @@ impl SourceTask {
                 consumer
                     .assign(&tpl)
                     .context("assigning source partitions")?;
+                let consumer = Arc::new(consumer);
+                // Watermark alignment reads each partition from its own queue.
+                let aligned = table.watermark.is_some()
+                    && table.alignment_max_drift_ms.is_some()
+                    && self.settings.shuffle.is_none()
+                    && partitions.len() > 1
+                    && self.every_flow_waits_for_the_watermark();
+                let mut queues = Vec::new();
+                if aligned {
+                    for p in &partitions {
+                        let q = consumer
+                            .split_partition_queue(&table.topic, *p)
+                            .with_context(|| {
+                                format!("a queue for partition {p} of '{}'", table.topic)
+                            })?;
+                        queues.push((*p, q));
+                    }
+                }
                 info!(
                     "source {}: reading {} partitions of '{}' ({})",
                     table.name,
@@ -732,7 +816,11 @@ impl SourceTask {
                         "unbounded"
                     }
                 );
-                Input::Kafka(consumer)
+                Input::Kafka(KafkaInput {
+                    consumer,
+                    queues,
+                    next: std::cell::Cell::new(0),
+                })
             }
             None => {
                 let start = starts.get(&0).copied().unwrap_or(0);
@@ -935,6 +1023,14 @@ impl SourceTask {
             tables.push(feed);
             table_watermarks.push(wm);
         }
+        // Watermark alignment (its partitions were given queues above).
+        let mut alignment = match (&input, table.alignment_max_drift_ms) {
+            (Input::Kafka(k), Some(drift)) if !k.queues.is_empty() => {
+                Some(Alignment::new(n_partitions, drift as i64))
+            }
+            _ => None,
+        };
+        let mut alignment_logged = false;
         let mut last_checkpoint = Instant::now();
         let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
         let mut spans: Vec<(usize, usize)> = Vec::with_capacity(self.settings.batch_size);
@@ -977,8 +1073,8 @@ impl SourceTask {
             origins.clear();
             let deadline = Instant::now() + self.settings.linger;
             while spans.len() < self.settings.batch_size && controls.is_empty() {
-                let consumer = match &mut input {
-                    Input::Kafka(c) => c,
+                let kafka = match &mut input {
+                    Input::Kafka(k) => &*k,
                     Input::Files(files) => {
                         let want = self.settings.batch_size - spans.len();
                         if !files.read(want, &mut buf, &mut spans, &mut metas)? {
@@ -992,7 +1088,8 @@ impl SourceTask {
                 } else {
                     deadline.saturating_duration_since(Instant::now())
                 };
-                match consumer.poll(timeout) {
+                let held = alignment.as_ref().map_or(&[][..], |a| a.held());
+                match kafka.poll(timeout, held) {
                     None => break,
                     Some(Ok(m)) => {
                         let p = m.partition();
@@ -1049,7 +1146,7 @@ impl SourceTask {
                             debug!("source {}: partition {p} reached its end", table.name);
                             let mut pause = TopicPartitionList::new();
                             pause.add_partition(&table.topic, p);
-                            let _ = consumer.pause(&pause);
+                            let _ = kafka.consumer.pause(&pause);
                         }
                         if spans.is_empty() {
                             break;
@@ -1094,6 +1191,20 @@ impl SourceTask {
                     cl.ship_full(&self.sink, &store, progress.next_id)?;
                 }
                 fault::point("after-batch");
+            }
+            // After every round, batch or not: the slowest partition may have
+            // ended or gone idle without a record, and what it held back must
+            // then be read again.
+            if let Some(a) = &mut alignment {
+                let (ahead, _) = a.update(&tracker.partition_times(Instant::now()), &finished);
+                if !ahead.is_empty() && !alignment_logged {
+                    info!(
+                        "source {}: partition(s) {ahead:?} ran more than {} s of event time ahead of the slowest; not read until within half of that ('scan.watermark.alignment.max-drift')",
+                        table.name,
+                        table.alignment_max_drift_ms.unwrap_or_default() / 1000
+                    );
+                    alignment_logged = true;
+                }
             }
             for control in controls.drain(..) {
                 match (control, &mut progress.origins) {

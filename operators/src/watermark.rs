@@ -100,6 +100,21 @@ impl WatermarkTracker {
         self.recompute(now);
     }
 
+    /// Per partition: its highest event time (`START_OF_TIME` before any
+    /// record) and whether it can hold the watermark back (not excluded, not
+    /// idle).
+    pub fn partition_times(&self, now: Instant) -> Vec<(i64, bool)> {
+        self.partitions
+            .iter()
+            .map(|p| {
+                let idle = self
+                    .idle_timeout
+                    .is_some_and(|t| now.duration_since(p.last_record) >= t);
+                (p.max_event_time, !p.excluded && !idle)
+            })
+            .collect()
+    }
+
     /// Re-evaluates idleness; call periodically.
     pub fn tick(&mut self, now: Instant) -> i64 {
         self.recompute(now);
@@ -144,9 +159,117 @@ impl WatermarkTracker {
     }
 }
 
+/// Watermark alignment (Flink's `scan.watermark.alignment.max-drift`, within
+/// one source): a partition whose event time runs more than `max_drift` ahead
+/// of the slowest one that still has input is paused until it is within half
+/// of that. The watermark is the minimum over partitions, so every window the
+/// faster partitions open stays open until the slowest catches up; a broker
+/// or a backlog that serves partitions unevenly (tansu answers a fetch from
+/// one partition; a backfill starts partitions at different lags) otherwise
+/// makes window state grow with how far apart they drift, not with the window.
+/// The slowest partition is never paused, so reading always goes on. (This
+/// decides; the source task stops reading a paused partition.)
+#[derive(Debug, Clone)]
+pub struct Alignment {
+    max_drift_ms: i64,
+    paused: Vec<bool>,
+}
+
+impl Alignment {
+    pub fn new(partitions: usize, max_drift_ms: i64) -> Self {
+        Self {
+            max_drift_ms: max_drift_ms.max(1),
+            paused: vec![false; partitions],
+        }
+    }
+
+    /// Partitions paused now.
+    pub fn paused(&self) -> usize {
+        self.paused.iter().filter(|p| **p).count()
+    }
+
+    /// Per partition: whether it is paused.
+    pub fn held(&self) -> &[bool] {
+        &self.paused
+    }
+
+    /// What to pause and what to resume, given each partition's highest
+    /// event time and whether it is active (`WatermarkTracker::partition_times`)
+    /// and which partitions have ended (bounded input: they are out of the
+    /// race). Returns (pause, resume).
+    pub fn update(&mut self, times: &[(i64, bool)], ended: &[bool]) -> (Vec<usize>, Vec<usize>) {
+        let open = |i: usize| !ended.get(i).copied().unwrap_or(false);
+        // The slowest partition still reading: seen data, active, not paused.
+        let slowest = times
+            .iter()
+            .enumerate()
+            .filter(|(i, (t, active))| {
+                *active && *t != START_OF_TIME && !self.paused[*i] && open(*i)
+            })
+            .map(|(_, (t, _))| *t)
+            .min();
+        let (mut pause, mut resume) = (Vec::new(), Vec::new());
+        for (i, (t, _)) in times.iter().enumerate() {
+            if i >= self.paused.len() {
+                break;
+            }
+            if self.paused[i] {
+                if slowest.is_none_or(|s| t.saturating_sub(s) <= self.max_drift_ms / 2) {
+                    self.paused[i] = false;
+                    resume.push(i);
+                }
+            } else if open(i)
+                && *t != START_OF_TIME
+                && slowest.is_some_and(|s| t.saturating_sub(s) > self.max_drift_ms)
+            {
+                self.paused[i] = true;
+                pause.push(i);
+            }
+        }
+        (pause, resume)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn alignment_pauses_the_partitions_ahead_and_resumes_them_halfway() {
+        let mut a = Alignment::new(3, 100);
+        // 0 is 150 ahead of the slowest (1); 2 has no data yet.
+        let (p, r) = a.update(
+            &[(250, true), (100, true), (START_OF_TIME, true)],
+            &[false; 3],
+        );
+        assert_eq!((p, r), (vec![0], vec![]));
+        // Within the drift but not within half of it: stays paused.
+        let (p, r) = a.update(
+            &[(250, true), (180, true), (START_OF_TIME, true)],
+            &[false; 3],
+        );
+        assert_eq!((p, r), (vec![], vec![]));
+        assert_eq!(a.paused(), 1);
+        let (p, r) = a.update(
+            &[(250, true), (200, true), (START_OF_TIME, true)],
+            &[false; 3],
+        );
+        assert_eq!((p, r), (vec![], vec![0]));
+        // The slowest is never paused, however far the others are.
+        let (p, _) = a.update(&[(1000, true), (200, true), (900, true)], &[false; 3]);
+        assert_eq!(p, vec![0, 2]);
+        // An idle slowest partition (or one at its end) is out of the race:
+        // the others are measured against the next slowest that reads.
+        let (p, r) = a.update(&[(1000, true), (200, false), (900, true)], &[false; 3]);
+        assert_eq!((p, r), (vec![], vec![0, 2]));
+        a.update(&[(1000, true), (200, true), (900, true)], &[false; 3]);
+        let (_, r) = a.update(
+            &[(1000, true), (200, true), (900, true)],
+            &[false, true, false],
+        );
+        assert_eq!(r, vec![0, 2], "1 ended: nothing else is behind");
+        assert_eq!(a.paused(), 0);
+    }
 
     #[test]
     fn minimum_over_partitions() {

@@ -86,6 +86,11 @@ pub struct KafkaTable {
     pub partitions: Option<i32>,
     /// After this long without records a partition stops holding the watermark back.
     pub idle_timeout_ms: Option<u64>,
+    /// `'scan.watermark.alignment.max-drift'` (default 5 min; 'off': none): a
+    /// partition whose event time runs this far ahead of the slowest one is
+    /// paused until it is within half of it (sources feeding only stateful,
+    /// watermark-driven stages).
+    pub alignment_max_drift_ms: Option<u64>,
     /// For the embedded broker only: a synthetic data generator feeding this topic.
     pub embedded_generator: Option<String>,
     pub embedded_generator_rate: Option<u64>,
@@ -171,6 +176,7 @@ pub const TABLE_OPTIONS: &[&str] = &[
     "scan.startup.mode",
     "scan.bounded.mode",
     "scan.watermark.idle-timeout",
+    "scan.watermark.alignment.max-drift",
     "key.fields",
     "dead-letter.topic",
     "sink.delivery-guarantee",
@@ -294,6 +300,9 @@ pub fn parse_size_bytes(text: &str) -> Option<u64> {
     };
     n.checked_mul(mult)
 }
+
+/// `'scan.watermark.alignment.max-drift'` when a table does not say.
+pub const DEFAULT_ALIGNMENT_MAX_DRIFT_MS: u64 = 5 * 60 * 1000;
 
 /// Parses a duration such as `10s`, `500ms`, `1 min`, `2h`.
 pub fn parse_duration_ms(text: &str) -> Option<u64> {
@@ -478,6 +487,7 @@ pub fn build_table(
             "scan.startup.mode",
             "scan.bounded.mode",
             "scan.watermark.idle-timeout",
+            "scan.watermark.alignment.max-drift",
             "sink.delivery-guarantee",
             "sink.transactional",
             "sink.id-header",
@@ -720,6 +730,23 @@ pub fn build_table(
             )
         })?),
     };
+    let alignment_max_drift_ms = match get("scan.watermark.alignment.max-drift") {
+        None => Some(DEFAULT_ALIGNMENT_MAX_DRIFT_MS),
+        Some(v) if v.value.trim() == "off" => None,
+        Some(v) => Some(
+            parse_duration_ms(&v.value)
+                .filter(|ms| *ms > 0)
+                .ok_or_else(|| {
+                    Located::new(
+                        v.pos,
+                        format!(
+                            "'{}' is not a positive duration: write e.g. '5min' or '30s', or 'off'",
+                            v.value
+                        ),
+                    )
+                })?,
+        ),
+    };
     let properties = values
         .iter()
         .filter_map(|(k, v)| {
@@ -773,6 +800,7 @@ pub fn build_table(
         delivery,
         partitions,
         idle_timeout_ms,
+        alignment_max_drift_ms,
         embedded_generator: get("embedded.generator").map(|v| v.value.clone()),
         embedded_generator_rate,
         transactional,
