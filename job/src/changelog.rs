@@ -138,20 +138,14 @@ pub fn await_handover(
     run: u64,
     waiting_since_ms: &std::sync::atomic::AtomicU64,
 ) -> anyhow::Result<bool> {
-    let waited = await_free(sink, topic, partition, lease, stop, run, waiting_since_ms);
-    waiting_since_ms.store(0, std::sync::atomic::Ordering::Relaxed);
-    waited
-}
-
-fn await_free(
-    sink: &Sink,
-    topic: &str,
-    partition: i32,
-    lease: Duration,
-    stop: &std::sync::atomic::AtomicBool,
-    run: u64,
-    waiting_since_ms: &std::sync::atomic::AtomicU64,
-) -> anyhow::Result<bool> {
+    /// Clears the mark however the wait ends.
+    struct Clear<'a>(&'a std::sync::atomic::AtomicU64);
+    impl Drop for Clear<'_> {
+        fn drop(&mut self) {
+            self.0.store(0, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    let _clear = Clear(waiting_since_ms);
     let consumer = crate::kafka::scan_consumer(sink.bootstrap(), "weir-changelog-handover")?;
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, partition, Offset::Beginning)?;

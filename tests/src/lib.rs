@@ -445,6 +445,20 @@ pub fn pipeline_file(sql: &str) -> (tempfile::TempDir, PathBuf) {
     (dir, path)
 }
 
+/// Runs the pipeline in `path` in this process, printing nothing, with its
+/// state under `dir`/state; it must succeed.
+pub fn run_in_process(path: &std::path::Path, dir: &std::path::Path) -> weir::RunSummary {
+    weir::run_pipeline(
+        weir::load_pipeline(path, &|_| None).expect("the pipeline plans"),
+        weir::RunOptions {
+            print: Some(false),
+            state_dir: Some(dir.join("state")),
+            ..Default::default()
+        },
+    )
+    .expect("the pipeline runs")
+}
+
 /// Decodes JSON lines with `decoder` as records of partition 0 at offsets
 /// 0, 1, ...; every line must decode.
 pub fn decode_lines(

@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
-use weir::{RunOptions, load_pipeline, run_pipeline};
-use weir_tests::{Record, Tansu, create_topic, pipeline_file, produce, read_all, read_json};
+use weir_tests::{
+    Record, Tansu, create_topic, pipeline_file, produce, read_all, read_json, run_in_process,
+};
 
 #[test]
 fn bad_records_reach_the_dead_letter_topic_with_their_origin() {
@@ -48,15 +49,7 @@ FROM TABLE(TUMBLE(TABLE tx, DESCRIPTOR(ts), INTERVAL '1' MINUTE)) GROUP BY card_
 "#
         .replace("BROKERS", b),
     );
-    let summary = run_pipeline(
-        load_pipeline(&path, &|_| None).unwrap(),
-        RunOptions {
-            print: Some(false),
-            state_dir: Some(dir.path().join("state")),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let summary = run_in_process(&path, dir.path());
     let total = summary.total();
     assert_eq!(total.records_in, 6);
     assert_eq!(total.dead_lettered, 2);

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use weir::{RunOptions, load_pipeline, run_pipeline};
 use weir_tests::{
-    Record, Tansu, create_topic, pipeline_file, produce, read_all, read_json, wait_for,
+    Record, Tansu, create_topic, pipeline_file, produce, read_all, read_json, run_in_process,
+    wait_for,
 };
 
 fn events(from: usize, to: usize) -> Vec<Record> {
@@ -246,15 +247,7 @@ INSERT INTO without_id SELECT id FROM tx;
     );
 
     std::fs::write(&path, sql("at-least-once")).unwrap();
-    let stats = run_pipeline(
-        load_pipeline(&path, &|_| None).unwrap(),
-        RunOptions {
-            print: Some(false),
-            state_dir: Some(dir.path().join("state")),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let stats = run_in_process(&path, dir.path());
     assert_eq!(stats.total().records_in, 50);
     let with = read_all(b, "ih-with", Duration::from_secs(30)).unwrap();
     let without = read_all(b, "ih-without", Duration::from_secs(30)).unwrap();
