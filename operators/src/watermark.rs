@@ -161,14 +161,14 @@ impl WatermarkTracker {
 
 /// Watermark alignment (Flink's `scan.watermark.alignment.max-drift`, within
 /// one source): a partition whose event time runs more than `max_drift` ahead
-/// of the slowest one that still has input is paused until it is within half
-/// of that. The watermark is the minimum over partitions, so every window the
+/// of the slowest one that still has input is held back (not read) until it
+/// is within half of that. The watermark is the minimum over partitions, so every window the
 /// faster partitions open stays open until the slowest catches up; a broker
 /// or a backlog that serves partitions unevenly (tansu answers a fetch from
 /// one partition; a backfill starts partitions at different lags) otherwise
 /// makes window state grow with how far apart they drift, not with the window.
-/// The slowest partition is never paused, so reading always goes on. (This
-/// decides; the source task stops reading a paused partition.)
+/// The slowest partition is never held, so reading always goes on. (This
+/// decides; the source task leaves a held partition's queue unread.)
 #[derive(Debug, Clone)]
 pub struct Alignment {
     max_drift_ms: i64,
@@ -183,23 +183,23 @@ impl Alignment {
         }
     }
 
-    /// Partitions paused now.
+    /// Partitions held back now.
     pub fn paused(&self) -> usize {
         self.paused.iter().filter(|p| **p).count()
     }
 
-    /// Per partition: whether it is paused.
+    /// Per partition: whether it is held back.
     pub fn held(&self) -> &[bool] {
         &self.paused
     }
 
-    /// What to pause and what to resume, given each partition's highest
+    /// What to hold back and what to release, given each partition's highest
     /// event time and whether it is active (`WatermarkTracker::partition_times`)
     /// and which partitions have ended (bounded input: they are out of the
-    /// race). Returns (pause, resume).
+    /// race). Returns (held now, released now).
     pub fn update(&mut self, times: &[(i64, bool)], ended: &[bool]) -> (Vec<usize>, Vec<usize>) {
         let open = |i: usize| !ended.get(i).copied().unwrap_or(false);
-        // The slowest partition still reading: seen data, active, not paused.
+        // The slowest partition still reading: seen data, active, not held.
         let slowest = times
             .iter()
             .enumerate()
