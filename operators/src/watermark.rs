@@ -172,25 +172,20 @@ impl WatermarkTracker {
 #[derive(Debug, Clone)]
 pub struct Alignment {
     max_drift_ms: i64,
-    paused: Vec<bool>,
+    held: Vec<bool>,
 }
 
 impl Alignment {
     pub fn new(partitions: usize, max_drift_ms: i64) -> Self {
         Self {
             max_drift_ms: max_drift_ms.max(1),
-            paused: vec![false; partitions],
+            held: vec![false; partitions],
         }
-    }
-
-    /// Partitions held back now.
-    pub fn paused(&self) -> usize {
-        self.paused.iter().filter(|p| **p).count()
     }
 
     /// Per partition: whether it is held back.
     pub fn held(&self) -> &[bool] {
-        &self.paused
+        &self.held
     }
 
     /// What to hold back and what to release, given each partition's highest
@@ -202,31 +197,29 @@ impl Alignment {
         // The slowest partition still reading: seen data, active, not held.
         let slowest = times
             .iter()
+            .zip(&self.held)
             .enumerate()
-            .filter(|(i, (t, active))| {
-                *active && *t != START_OF_TIME && !self.paused[*i] && open(*i)
+            .filter(|(i, ((t, active), held))| {
+                *active && *t != START_OF_TIME && !**held && open(*i)
             })
-            .map(|(_, (t, _))| *t)
+            .map(|(_, ((t, _), _))| *t)
             .min();
-        let (mut pause, mut resume) = (Vec::new(), Vec::new());
-        for (i, (t, _)) in times.iter().enumerate() {
-            if i >= self.paused.len() {
-                break;
-            }
-            if self.paused[i] {
+        let (mut hold, mut release) = (Vec::new(), Vec::new());
+        for (i, ((t, _), held)) in times.iter().zip(&mut self.held).enumerate() {
+            if *held {
                 if slowest.is_none_or(|s| t.saturating_sub(s) <= self.max_drift_ms / 2) {
-                    self.paused[i] = false;
-                    resume.push(i);
+                    *held = false;
+                    release.push(i);
                 }
             } else if open(i)
                 && *t != START_OF_TIME
                 && slowest.is_some_and(|s| t.saturating_sub(s) > self.max_drift_ms)
             {
-                self.paused[i] = true;
-                pause.push(i);
+                *held = true;
+                hold.push(i);
             }
         }
-        (pause, resume)
+        (hold, release)
     }
 }
 
@@ -235,7 +228,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn alignment_pauses_the_partitions_ahead_and_resumes_them_halfway() {
+    fn alignment_holds_the_partitions_ahead_back_and_releases_them_halfway() {
         let mut a = Alignment::new(3, 100);
         // 0 is 150 ahead of the slowest (1); 2 has no data yet.
         let (p, r) = a.update(
@@ -243,19 +236,19 @@ mod tests {
             &[false; 3],
         );
         assert_eq!((p, r), (vec![0], vec![]));
-        // Within the drift but not within half of it: stays paused.
+        // Within the drift but not within half of it: still held.
         let (p, r) = a.update(
             &[(250, true), (180, true), (START_OF_TIME, true)],
             &[false; 3],
         );
         assert_eq!((p, r), (vec![], vec![]));
-        assert_eq!(a.paused(), 1);
+        assert_eq!(a.held(), &[true, false, false]);
         let (p, r) = a.update(
             &[(250, true), (200, true), (START_OF_TIME, true)],
             &[false; 3],
         );
         assert_eq!((p, r), (vec![], vec![0]));
-        // The slowest is never paused, however far the others are.
+        // The slowest is never held, however far the others are.
         let (p, _) = a.update(&[(1000, true), (200, true), (900, true)], &[false; 3]);
         assert_eq!(p, vec![0, 2]);
         // An idle slowest partition (or one at its end) is out of the race:
@@ -268,7 +261,7 @@ mod tests {
             &[false, true, false],
         );
         assert_eq!(r, vec![0, 2], "1 ended: nothing else is behind");
-        assert_eq!(a.paused(), 0);
+        assert_eq!(a.held(), &[false; 3]);
     }
 
     #[test]

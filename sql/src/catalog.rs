@@ -88,7 +88,7 @@ pub struct KafkaTable {
     pub idle_timeout_ms: Option<u64>,
     /// `'scan.watermark.alignment.max-drift'` (default 5 min; 'off': none): a
     /// partition whose event time runs this far ahead of the slowest one is
-    /// paused until it is within half of it (sources feeding only stateful,
+    /// not read until it is within half of it (sources feeding only stateful,
     /// watermark-driven stages).
     pub alignment_max_drift_ms: Option<u64>,
     /// For the embedded broker only: a synthetic data generator feeding this topic.
