@@ -116,7 +116,6 @@ fn task_positions(workers: &[&Worker]) -> Vec<(String, String, i32, i64)> {
 /// `topic` to the same partition again, headers and all: a map task's replay.
 fn replay(brokers: &str, topic: &str, partitions: i32, per_partition: usize) -> usize {
     use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::error::KafkaError;
     use rdkafka::message::{Headers, Message};
     use rdkafka::producer::BaseRecord;
     use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -137,35 +136,31 @@ fn replay(brokers: &str, topic: &str, partitions: i32, per_partition: usize) -> 
     let sink = weir::task::Sink::new(&weir::kafka::producer_config(brokers, &Default::default()))
         .expect("a producer");
     let mut copied = vec![0usize; partitions as usize];
-    let mut ended = 0;
+    // The map tasks' positions count records handed to their producers, not
+    // yet acknowledged: a partition may reach its (current) end before it
+    // holds `per_partition` records, so read on until each has, or the
+    // deadline passes.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while ended < partitions
-        && copied.iter().any(|c| *c < per_partition)
-        && std::time::Instant::now() < deadline
-    {
-        match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(m)) => {
-                let p = m.partition() as usize;
-                let is_data = m
-                    .headers()
-                    .is_some_and(|h| h.iter().any(|h| h.key == weir::shuffle::ORIGIN_HEADER));
-                if copied[p] >= per_partition || !is_data {
-                    continue;
-                }
-                let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic)
-                    .partition(m.partition())
-                    .payload(m.payload().unwrap_or_default());
-                if let Some(h) = m.headers() {
-                    record = record.headers(h.detach());
-                }
-                if let Some(k) = m.key() {
-                    record = record.key(k);
-                }
-                sink.produce(record).expect("sent again");
-                copied[p] += 1;
+    while copied.iter().any(|c| *c < per_partition) && std::time::Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            let p = m.partition() as usize;
+            let is_data = m
+                .headers()
+                .is_some_and(|h| h.iter().any(|h| h.key == weir::shuffle::ORIGIN_HEADER));
+            if copied[p] >= per_partition || !is_data {
+                continue;
             }
-            Some(Err(KafkaError::PartitionEOF(_))) => ended += 1,
-            _ => {}
+            let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic)
+                .partition(m.partition())
+                .payload(m.payload().unwrap_or_default());
+            if let Some(h) = m.headers() {
+                record = record.headers(h.detach());
+            }
+            if let Some(k) = m.key() {
+                record = record.key(k);
+            }
+            sink.produce(record).expect("sent again");
+            copied[p] += 1;
         }
     }
     sink.flush().expect("flushed");
