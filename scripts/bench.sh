@@ -18,7 +18,8 @@
 #      the same scoring rows right after (bench/scoring/ort_bench.py)
 #   7. bench/report.py: medians (min-max) and the ratios, as markdown
 # Installs what it needs first (libclang-dev via scripts/setup.sh, tansu as
-# scripts/test.sh does, the Python packages with pip --user).
+# scripts/test.sh does, the Python packages with pip --user, Flink in its own
+# venv at BENCH_FLINK_PYTHON's).
 #
 # Knobs (environment), defaults in brackets; bench/README.md has more:
 #   BENCH_SKIP          comma list of steps to leave out: tansu,pip,build,e2e,
@@ -108,6 +109,14 @@ trap finish EXIT
 
 run_flink=0
 if ! skip flink; then
+  if [[ ! -x $BENCH_FLINK_PYTHON ]] && ! skip pip; then
+    # Its own venv: apache-flink pins numpy and protobuf versions that break
+    # onnx in the main environment. About 3 min and 1.5 GB, once.
+    venv=$(dirname "$(dirname "$BENCH_FLINK_PYTHON")")
+    step "installing Flink into the venv $venv (about 3 min, once)"
+    python3 -m venv "$venv"
+    "$venv/bin/python" -m pip install apache-flink psutil
+  fi
   if [[ -x $BENCH_FLINK_PYTHON ]]; then
     run_flink=1
   else
