@@ -30,6 +30,9 @@ on the same machine, so their wall clocks are the same clock.
     python3 bench/latency_bench.py --rates 20000,100000 \\
         --modes at-least-once,exactly-once --duration 30 --warmup 5 --partitions 4
 
+Mode `broker` runs no weir: the consumer reads `events` itself, so the latency
+is one trip through the broker with the same clients (the floor of weir's two).
+
 Prints one JSON object per run (also appended to --log) and, at the end, a
 markdown table. The binary is $WEIR_BENCH_BIN or
 $CARGO_TARGET_DIR/release/weir (default ~/.cache/weir/target).
@@ -96,6 +99,11 @@ FROM events;
 """
 
 MODES = {
+    # The limit: no weir; the consumer reads `events` itself, so the latency
+    # is one trip through the broker (producer -> tansu -> consumer) with the
+    # same clients and settings. weir's path makes two such trips (events in,
+    # scores out), plus its own work and waits.
+    "broker": None,
     # mode -> 'sink.delivery-guarantee'. exactly-once needs no Kafka
     # transactions in weir (it skips, after a restart, output the sink already
     # has), so both modes read the same way here.
@@ -273,7 +281,7 @@ def run_once(a, mode, rate):
 
     guarantee = MODES[mode]
     weir = weir_binary()
-    if not os.path.isfile(weir):
+    if guarantee is not None and not os.path.isfile(weir):
         raise SystemExit("no weir binary at %s (cargo build --release --bin weir)" % weir)
     rec = dict(kind="latency", mode=mode, target_rate=rate, partitions=a.partitions,
                score_partitions=a.score_partitions, duration_s=a.duration, warmup_s=a.warmup,
@@ -288,11 +296,15 @@ def run_once(a, mode, rate):
                 fetch_wait=a.fetch_wait_ms, guarantee=guarantee, model=MODEL))
         log_path = os.path.join(tmp, "weir.log")
         env = dict(os.environ, KAFKA_BROKERS=broker.brokers, WEIR_LOG=os.environ.get("WEIR_LOG", "warn"))
-        with open(log_path, "wb") as log:
-            weir_proc = subprocess.Popen(
-                [weir, "run", sql_path, "--state-dir", os.path.join(tmp, "state"),
-                 "--group-id", "latency-%s-%d" % (mode, rate)],
-                stdout=subprocess.DEVNULL, stderr=log, env=env)
+        weir_proc = None
+        if guarantee is not None:
+            with open(log_path, "wb") as log:
+                weir_proc = subprocess.Popen(
+                    [weir, "run", sql_path, "--state-dir", os.path.join(tmp, "state"),
+                     "--group-id", "latency-%s-%d" % (mode, rate)],
+                    stdout=subprocess.DEVNULL, stderr=log, env=env)
+        # What the consumer reads: weir's predictions, or (mode broker) the events.
+        read_topic, read_partitions = ("scores", a.score_partitions) if weir_proc else ("events", a.partitions)
 
         ctx = mp.get_context("spawn")  # not fork: librdkafka threads live in this process
         go, stop = ctx.Event(), ctx.Event()
@@ -310,7 +322,7 @@ def run_once(a, mode, rate):
             "fetch.wait.max.ms": a.fetch_wait_ms,
             "isolation.level": "read_committed",
         })
-        consumer.assign([TopicPartition("scores", p, OFFSET_BEGINNING) for p in range(a.score_partitions)])
+        consumer.assign([TopicPartition(read_topic, p, OFFSET_BEGINNING) for p in range(read_partitions)])
 
         lat = array.array("q")        # arrival - sent_us, µs, measured events
         to_weir = array.array("q")    # scores' CreateTime (weir's produce() call) - sent_us, µs
@@ -364,7 +376,7 @@ def run_once(a, mode, rate):
                     d_us = now_us - s
                     lat.append(d_us)
                     ts_type, ts_ms = m.timestamp()
-                    if ts_type != 0:
+                    if ts_type != 0 and weir_proc:
                         to_weir.append(ts_ms * 1000 - s)
                     sec = (s - window_start_us) // 1000000
                     if sec not in per_second:
@@ -381,15 +393,17 @@ def run_once(a, mode, rate):
                         fail("no prediction within %ss of starting weir" % a.ready_timeout)
                 elif phase == "warmup":
                     if now_us >= window_start_us:
-                        cpu0, b0 = proc_cpu_seconds(weir_proc.pid), broker.cpu_seconds()
+                        cpu0 = proc_cpu_seconds(weir_proc.pid) if weir_proc else None
+                        b0 = broker.cpu_seconds()
                         la0 = loadavg()
                         me0 = self_cpu()
                         phase = "measure"
                 elif phase == "measure":
                     if now_us >= window_end_us:
-                        rec["weir_cpu_s"] = round(proc_cpu_seconds(weir_proc.pid) - cpu0, 3)
+                        if weir_proc:
+                            rec["weir_cpu_s"] = round(proc_cpu_seconds(weir_proc.pid) - cpu0, 3)
+                            rec["weir_peak_rss_mib"] = round(proc_peak_rss_mib(weir_proc.pid), 1)
                         rec["broker_cpu_s"] = round(broker.cpu_seconds() - b0, 3)
-                        rec["weir_peak_rss_mib"] = round(proc_peak_rss_mib(weir_proc.pid), 1)
                         rec["loadavg_before"], rec["loadavg_after"] = la0, loadavg()
                         rec["consumer_cpu_s"] = round(self_cpu() - me0, 3)
                         stop.set()
@@ -404,7 +418,7 @@ def run_once(a, mode, rate):
                 elif phase == "drain":
                     if received >= expected or time.monotonic() > drain_deadline:
                         break
-                if weir_proc.poll() is not None:
+                if weir_proc and weir_proc.poll() is not None:
                     fail("weir exited (%s) during the run" % weir_proc.returncode)
         finally:
             stop.set()
@@ -414,7 +428,7 @@ def run_once(a, mode, rate):
                 prod.join(10)
                 if prod.is_alive():
                     prod.kill()
-            if weir_proc.poll() is None:
+            if weir_proc and weir_proc.poll() is None:
                 # Ctrl-C: weir flushes and checkpoints, then prints its summary.
                 weir_proc.send_signal(signal.SIGINT)
                 try:
@@ -423,7 +437,7 @@ def run_once(a, mode, rate):
                     weir_proc.kill()
                     weir_proc.wait()
         log = stderr_tail(log_path, 20000)
-        if a.weir_log:
+        if a.weir_log and weir_proc:
             import shutil
             with open(a.weir_log, "ab") as out, open(log_path, "rb") as src:
                 out.write(("=== weir run: mode %s, rate %d ===\n" % (mode, rate)).encode())
@@ -455,10 +469,11 @@ def run_once(a, mode, rate):
         p99_by_second_ms=[ms(pct(sorted(per_second[k]), 0.99)) for k in sorted(per_second)],
         consumer_errors=consumer_errors, parse_fallbacks=parse_fallback,
     )
-    if "weir_cpu_s" in rec:
-        rec["weir_cpu_per_s"] = round(rec["weir_cpu_s"] / a.duration, 3)
+    if "broker_cpu_s" in rec:
         rec["broker_cpu_per_s"] = round(rec["broker_cpu_s"] / a.duration, 3)
         rec["consumer_cpu_per_s"] = round(rec["consumer_cpu_s"] / a.duration, 3)
+    if "weir_cpu_s" in rec:
+        rec["weir_cpu_per_s"] = round(rec["weir_cpu_s"] / a.duration, 3)
         rec["weir_cpu_us_per_event"] = round(rec["weir_cpu_s"] / max(expected, 1) * 1e6, 2)
     notes = []
     if achieved < 0.95 * rate:

@@ -428,7 +428,7 @@ def flink_file_section(recs, res):
 
 # ---------------------------------------------------------------- latency
 
-LAT_MODES = ["at-least-once", "exactly-once"]
+LAT_MODES = ["broker", "at-least-once", "exactly-once"]  # broker: tansu alone, no weir (the limit)
 LAT_TARGET = (20000, "at-least-once", 50)  # issue 6 item 4: p99 < 50 ms at 20k events/s
 
 
@@ -454,7 +454,8 @@ def latency_section(recs):
     keys = sorted(groups, key=order)
     print("`bench/latency_bench.py`: `weir run` scoring every event (`predict` with `fraud.onnx`, unbounded, "
           "`checkpoint.interval` %s) fed at a fixed rate into a %s-partition topic on tansu; latency from each "
-          "event's produce time to its prediction's arrival at a consumer; %s s measured after %s s of warm-up; "
+          "event's produce time to its prediction's arrival at a consumer (mode `broker`: no weir, the consumer "
+          "reads the events themselves: one trip through tansu, the floor); %s s measured after %s s of warm-up; "
           "a fresh broker and weir per run. weir and tansu in cores (CPU-s per second of the measured window), "
           "weir's CPU-µs per event and peak RSS; lost / dup are summed over the runs. Median (min-max) over "
           "the runs.\n" % (values_text(recs, "checkpoint_interval"), values_text(recs, "partitions"),
@@ -484,6 +485,17 @@ def latency_section(recs):
             num(limit), num(rate), mode, spread(p99),
             "**met**" if met == len(p99) else "**not met**" if not met else
             "met in %d of %s" % (met, runs(len(p99)))))
+    for rate in sorted({k[0] for k in keys if k[0]}):
+        alone = [r["p99_ms"] for r in groups.get((rate, "broker"), []) if r.get("p99_ms") is not None]
+        if not alone:
+            continue
+        for mode in LAT_MODES[1:]:
+            p99 = [r["p99_ms"] for r in groups.get((rate, mode), []) if r.get("p99_ms") is not None]
+            if p99:
+                notes.append("%s at %s events/s: p99 %s ms through weir (two trips through the broker) against "
+                             "%s ms for one trip through tansu alone (mode broker): %.1fx" % (
+                                 mode, num(rate), spread(p99), spread(alone),
+                                 statistics.median(p99) / statistics.median(alone)))
     dead = sum(r.get("weir_dead_lettered") or 0 for r in recs)
     notes.append("%s dead-lettered over %s" % (num(dead), runs(len(recs))))
     for key in keys:

@@ -9,7 +9,7 @@
 #      Flink's terms, reading the same file (weir_bench.py's weir-file), with
 #      the two outputs compared (bench/compare_windows.py)
 #   3. latency: weir scoring every event at fixed rates, at-least-once and
-#      exactly-once (bench/latency_bench.py)
+#      exactly-once, beside the broker alone (bench/latency_bench.py)
 #   4. state size: weir on 1M keys open at once (bench/many_keys.py's data,
 #      bench/weir_bench.py)
 #   5. worker cluster: 1 and 2 `weir worker`s, direct and through a
@@ -274,10 +274,12 @@ fi
 # ----------------------------------------------------------------- latency, state, cluster
 
 if ! skip latency; then
-  step "latency: $BENCH_LAT_RATES events/s, at-least-once and exactly-once, ${BENCH_LAT_DURATION} s measured," \
+  step "latency: $BENCH_LAT_RATES events/s, the broker alone, at-least-once and exactly-once, ${BENCH_LAT_DURATION} s measured," \
     "runs of each: $BENCH_LAT_REPEAT (~1 min per rate and mode)"
   # Per (rate, mode): a fresh broker and a fresh `weir run` scoring every event.
-  run python3 bench/latency_bench.py --rates "$BENCH_LAT_RATES" --modes at-least-once,exactly-once \
+  # Mode broker first: the same producer and consumer through tansu alone (no
+  # weir, one trip through the broker), the floor of weir's two trips.
+  run python3 bench/latency_bench.py --rates "$BENCH_LAT_RATES" --modes broker,at-least-once,exactly-once \
     --duration "$BENCH_LAT_DURATION" --warmup 5 --partitions "$PARTITIONS" --repeat "$BENCH_LAT_REPEAT" \
     --log "$RES/latency.jsonl"
 fi
