@@ -8,6 +8,15 @@
 //! with the next batch, which is how the pause/resume prototype lost
 //! records). Every event must be counted in its window exactly once, with
 //! and without alignment, and the run must report that alignment engaged.
+//!
+//! The run must see both partitions' data early and decide between small
+//! batches: fetches are capped at 16 KiB per partition (uncapped, tansu
+//! answers a fetch with one partition's data) and batches hold 200 rows (the
+//! decision is made after each batch). With 8,192-row batches and uncapped
+//! fetches, a run could take all of one partition and the end of the other
+//! in its first batch and never need to hold anything back. (The test failed
+//! in about two runs of five once weir's prefetch shrank to 4 MiB, most
+//! likely that way; with both changes it passed six runs of six.)
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -36,12 +45,14 @@ fn events() -> (Vec<Record>, BTreeMap<i64, i64>) {
 fn run(brokers: &str, drift: &str, out: &str) -> (String, BTreeMap<i64, i64>) {
     let (dir, path) = pipeline_file(&format!(
         r#"
+SET 'execution.batch-size' = '200';
 CREATE TABLE ev (p INT, i BIGINT, ts TIMESTAMP(3),
   WATERMARK FOR ts AS ts - INTERVAL '1' SECOND
 ) WITH ('connector' = 'kafka', 'topic' = 'al-in', 'format' = 'json',
   'properties.bootstrap.servers' = '{brokers}',
   'scan.startup.mode' = 'earliest-offset', 'scan.bounded.mode' = 'latest-offset',
-  'scan.watermark.alignment.max-drift' = '{drift}');
+  'scan.watermark.alignment.max-drift' = '{drift}',
+  'properties.max.partition.fetch.bytes' = '16384');
 CREATE TABLE counts WITH ('connector' = 'kafka', 'topic' = '{out}', 'format' = 'json',
   'properties.bootstrap.servers' = '{brokers}');
 INSERT INTO counts

@@ -1,5 +1,6 @@
 //! Window state far larger than the operator's memory: a million distinct keys
-//! through a TUMBLE window whose operator may hold 4 MiB of deltas, with a
+//! through a TUMBLE window (with a DISTINCT aggregate) whose operator may hold
+//! 4 MiB of deltas, so panes move to the store in many chunks, with a
 //! checkpoint, a "crash" and two restores in the middle: one from the local
 //! checkpoint, one that rebuilds the store elsewhere from the recorded
 //! changes (what the changelog topic carries). Each must produce exactly the
@@ -30,7 +31,7 @@ CREATE TABLE ev (k BIGINT, v DOUBLE, ts TIMESTAMP(3), WATERMARK FOR ts AS ts)
 CREATE TABLE out WITH ('connector' = 'kafka', 'topic' = 'out', 'format' = 'json',
         'properties.bootstrap.servers' = 'localhost:1');
 INSERT INTO out
-SELECT k, count(*) AS n, sum(v) AS s
+SELECT k, count(*) AS n, sum(v) AS s, count(DISTINCT v) AS d
 FROM TABLE(TUMBLE(TABLE ev, DESCRIPTOR(ts), INTERVAL '1' MINUTE))
 GROUP BY k, window_start, window_end;
 "#;
@@ -122,6 +123,7 @@ fn fire_and_check(p: &mut Pipeline) -> usize {
             seen[k as usize] = true;
             assert_eq!(v["n"], 2, "{v}");
             assert_eq!(v["s"].as_f64().unwrap(), k as f64 + 1.0, "{v}");
+            assert_eq!(v["d"], if k == 1 { 1 } else { 2 }, "{v}");
             rows += 1;
         }
     }

@@ -95,10 +95,6 @@ impl Seen {
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.order.len()
-    }
-
     pub fn memory(&self) -> usize {
         self.values.memory() + self.pairs.capacity() * 9 + self.order.capacity() * 8
     }
@@ -134,7 +130,7 @@ mod tests {
         assert!(s.insert(4, b"a"));
         assert!(!s.insert(3, b"a"));
         assert!(s.insert(3, b"b"));
-        assert_eq!(s.len(), 3);
+        assert_eq!(s.order.len(), 3);
         let seen: Vec<(u32, &[u8])> = s
             .order
             .iter()

@@ -105,6 +105,8 @@ struct Pane {
 
 /// Groups read back from the store per evaluation, bounding memory at fire time.
 const FIRE_CHUNK_GROUPS: usize = 8192;
+/// Groups written to the store per write when a pane moves there.
+const FLUSH_CHUNK_GROUPS: usize = 8192;
 
 /// Where a pane's segments start, after its per-group entries (no group key
 /// is 4 GiB long).
@@ -112,6 +114,8 @@ const SEGMENT_MARK: [u8; 4] = [0xFF; 4];
 /// A segment is cut once it holds this many bytes (it travels in one
 /// changelog record).
 const SEGMENT_BYTES: usize = 64 << 10;
+/// Segments per write to the store (4 MiB).
+const SEGMENTS_PER_WRITE: u64 = 64;
 
 const KIND_STATE: u8 = 0;
 const KIND_SIGHTING: u8 = 1;
@@ -289,84 +293,116 @@ impl WindowAggregateOp {
             ..
         } = std::mem::replace(&mut pane.delta, self.new_delta()?);
         let n = keys.len();
-        let prefixes: Vec<Vec<u8>> = keys.iter().map(|k| group_prefix(pane.end, k)).collect();
-        let state_keys: Vec<Vec<u8>> = prefixes.iter().map(|p| with_kind(p, KIND_STATE)).collect();
-        let existing = if pane.in_store {
-            let refs: Vec<&[u8]> = state_keys.iter().map(|k| k.as_slice()).collect();
-            store.multi_get(&refs)?
-        } else {
-            vec![None; n]
+        // Every group's states at once (taking them empties the
+        // accumulators), then written FLUSH_CHUNK_GROUPS groups per write: a
+        // pane of a million groups written in one batch had held its keys,
+        // the stored states read back, their encodings and the batch itself
+        // at once, and put all of it into one memtable.
+        let columns = match self.agg.state_converter {
+            Some(_) => Some(self.agg.take_states(&mut accumulators)?),
+            None => None,
         };
-        // Of a fired pane: which groups' results the delta changes (a late row
-        // that leaves every value as it was re-emits nothing).
-        let mut differs = vec![!pane.fired; n];
-        let mut batch = store.batch();
-        if let Some(conv) = &self.agg.state_converter {
-            let mut columns = self.agg.take_states(&mut accumulators)?;
-            if existing.iter().any(Option::is_some) {
-                let mut merged = self.agg.new_accumulators()?;
-                let (rows, groups): (Vec<&[u8]>, Vec<usize>) = existing
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(g, v)| v.as_deref().map(|v| (v, g)))
-                    .unzip();
-                self.agg.merge_state_rows(&mut merged, &rows, &groups, n)?;
-                let all: Vec<usize> = (0..n).collect();
-                self.agg
-                    .merge_state_columns(&mut merged, &columns, &all, n)?;
-                columns = self.agg.take_states(&mut merged)?;
-            }
-            let rows = conv.convert_columns(&columns)?;
-            for (g, k) in state_keys.iter().enumerate() {
-                let row = rows.row(g);
-                if existing[g].as_deref() != Some(row.as_ref()) {
-                    differs[g] = true;
-                }
-                store.put(&mut batch, k, row.as_ref())?;
-            }
-        } else {
-            for (g, k) in state_keys.iter().enumerate() {
-                if existing[g].is_none() {
-                    differs[g] = true;
-                }
-                store.put(&mut batch, k, &[])?;
-            }
-        }
+        drop(accumulators);
+        // The sightings (group, aggregate, value) by chunk of groups.
+        let mut sightings: Vec<Vec<(u32, u8, u32)>> =
+            vec![Vec::new(); n.div_ceil(FLUSH_CHUNK_GROUPS)];
         for (agg, seen) in seen.iter().enumerate() {
             let Some(seen) = seen else { continue };
-            let mut sightings = Vec::with_capacity(seen.len());
             for &p in &seen.order {
                 let (g, v) = unpair(p);
-                let mut k = with_kind(&prefixes[g as usize], KIND_SIGHTING);
-                k.push(agg as u8);
-                k.extend_from_slice(seen.values.get(v as usize));
-                sightings.push((g as usize, k));
+                sightings[g as usize / FLUSH_CHUNK_GROUPS].push((g, agg as u8, v));
             }
+        }
+        for (from, chunk_sightings) in (0..n).step_by(FLUSH_CHUNK_GROUPS).zip(sightings) {
+            let to = (from + FLUSH_CHUNK_GROUPS).min(n);
+            let m = to - from;
+            let prefixes: Vec<Vec<u8>> = (from..to)
+                .map(|g| group_prefix(pane.end, keys.get(g)))
+                .collect();
+            let state_keys: Vec<Vec<u8>> =
+                prefixes.iter().map(|p| with_kind(p, KIND_STATE)).collect();
+            let existing = if pane.in_store {
+                let refs: Vec<&[u8]> = state_keys.iter().map(|k| k.as_slice()).collect();
+                store.multi_get(&refs)?
+            } else {
+                vec![None; m]
+            };
+            // Of a fired pane: which groups' results the delta changes (a late
+            // row that leaves every value as it was re-emits nothing).
+            let mut differs = vec![!pane.fired; m];
+            let mut batch = store.batch();
+            match (&self.agg.state_converter, &columns) {
+                (Some(conv), Some(columns)) => {
+                    let mut chunk: Vec<ArrayRef> =
+                        columns.iter().map(|c| c.slice(from, m)).collect();
+                    if existing.iter().any(Option::is_some) {
+                        let mut merged = self.agg.new_accumulators()?;
+                        let (rows, groups): (Vec<&[u8]>, Vec<usize>) = existing
+                            .iter()
+                            .enumerate()
+                            .filter_map(|(g, v)| v.as_deref().map(|v| (v, g)))
+                            .unzip();
+                        self.agg.merge_state_rows(&mut merged, &rows, &groups, m)?;
+                        let all: Vec<usize> = (0..m).collect();
+                        self.agg.merge_state_columns(&mut merged, &chunk, &all, m)?;
+                        chunk = self.agg.take_states(&mut merged)?;
+                    }
+                    let rows = conv.convert_columns(&chunk)?;
+                    for (g, k) in state_keys.iter().enumerate() {
+                        let row = rows.row(g);
+                        if existing[g].as_deref() != Some(row.as_ref()) {
+                            differs[g] = true;
+                        }
+                        store.put(&mut batch, k, row.as_ref())?;
+                    }
+                }
+                _ => {
+                    for (g, k) in state_keys.iter().enumerate() {
+                        if existing[g].is_none() {
+                            differs[g] = true;
+                        }
+                        store.put(&mut batch, k, &[])?;
+                    }
+                }
+            }
+            let chunk_sightings: Vec<(usize, Vec<u8>)> = chunk_sightings
+                .into_iter()
+                .map(|(g, agg, v)| {
+                    let g = g as usize - from;
+                    let mut k = with_kind(&prefixes[g], KIND_SIGHTING);
+                    k.push(agg);
+                    let seen = seen[agg as usize].as_ref().expect("a DISTINCT aggregate");
+                    k.extend_from_slice(seen.values.get(v as usize));
+                    (g, k)
+                })
+                .collect();
             if pane.fired && pane.in_store {
                 // A value the store has already seen changes nothing.
-                let refs: Vec<&[u8]> = sightings.iter().map(|(_, k)| k.as_slice()).collect();
-                for ((g, _), had) in sightings.iter().zip(store.multi_get(&refs)?) {
+                let refs: Vec<&[u8]> = chunk_sightings.iter().map(|(_, k)| k.as_slice()).collect();
+                for ((g, _), had) in chunk_sightings.iter().zip(store.multi_get(&refs)?) {
                     if had.is_none() {
                         differs[*g] = true;
                     }
                 }
             } else {
-                for (g, _) in &sightings {
+                for (g, _) in &chunk_sightings {
                     differs[*g] = true;
                 }
             }
-            for (_, k) in &sightings {
+            for (_, k) in &chunk_sightings {
                 store.put(&mut batch, k, &[])?;
             }
-        }
-        if pane.fired {
-            for ((k, e), d) in keys.iter().zip(&existing).zip(&differs) {
-                if *d {
-                    pane.changed.entry(k.into()).or_insert(e.is_some());
+            if pane.fired {
+                for (g, (e, d)) in existing.iter().zip(&differs).enumerate() {
+                    if *d {
+                        pane.changed
+                            .entry(keys.get(from + g).into())
+                            .or_insert(e.is_some());
+                    }
                 }
             }
+            store.write(batch)?;
         }
-        store.write(batch)?;
         pane.in_store = true;
         Ok(())
     }
@@ -446,6 +482,10 @@ impl WindowAggregateOp {
                 store.put(&mut batch, &k, &segment)?;
                 pane.segments += 1;
                 segment.clear();
+                if pane.segments.is_multiple_of(SEGMENTS_PER_WRITE) {
+                    // Bounded batches: a pane's copy is not held twice over.
+                    store.write(std::mem::replace(&mut batch, store.batch()))?;
+                }
             }
         }
         debug_assert_eq!(s, sightings.len(), "every new sighting's group is dirty");
