@@ -298,10 +298,7 @@ impl WindowAggregateOp {
         // pane of a million groups written in one batch had held its keys,
         // the stored states read back, their encodings and the batch itself
         // at once, and put all of it into one memtable.
-        let columns = match self.agg.state_converter {
-            Some(_) => Some(self.agg.take_states(&mut accumulators)?),
-            None => None,
-        };
+        let columns = self.agg.take_states(&mut accumulators)?;
         drop(accumulators);
         // The sightings (group, aggregate, value) by chunk of groups.
         let mut sightings: Vec<Vec<(u32, u8, u32)>> =
@@ -331,8 +328,8 @@ impl WindowAggregateOp {
             // row that leaves every value as it was re-emits nothing).
             let mut differs = vec![!pane.fired; m];
             let mut batch = store.batch();
-            match (&self.agg.state_converter, &columns) {
-                (Some(conv), Some(columns)) => {
+            match &self.agg.state_converter {
+                Some(conv) => {
                     let mut chunk: Vec<ArrayRef> =
                         columns.iter().map(|c| c.slice(from, m)).collect();
                     if existing.iter().any(Option::is_some) {
@@ -356,7 +353,7 @@ impl WindowAggregateOp {
                         store.put(&mut batch, k, row.as_ref())?;
                     }
                 }
-                _ => {
+                None => {
                     for (g, k) in state_keys.iter().enumerate() {
                         if existing[g].is_none() {
                             differs[g] = true;
