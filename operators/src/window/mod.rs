@@ -114,8 +114,6 @@ const SEGMENT_MARK: [u8; 4] = [0xFF; 4];
 /// A segment is cut once it holds this many bytes (it travels in one
 /// changelog record).
 const SEGMENT_BYTES: usize = 64 << 10;
-/// Segments per write to the store (4 MiB).
-const SEGMENTS_PER_WRITE: u64 = 64;
 
 const KIND_STATE: u8 = 0;
 const KIND_SIGHTING: u8 = 1;
@@ -454,7 +452,6 @@ impl WindowAggregateOp {
             d.seen_copied[agg] = seen.order.len();
         }
         sightings.sort_unstable();
-        let mut batch = store.batch();
         let mut segment = Vec::with_capacity(SEGMENT_BYTES + 4096);
         let mut s = 0;
         for (j, &g) in dirty.iter().enumerate() {
@@ -476,18 +473,17 @@ impl WindowAggregateOp {
             if segment.len() >= SEGMENT_BYTES || j + 1 == dirty.len() {
                 let mut k = segment_prefix(pane.end);
                 k.extend_from_slice(&pane.segments.to_be_bytes());
+                // A write per segment: a pane's copy is never held twice over
+                // (the checkpoint after it is what commits it).
+                let mut batch = store.batch();
                 store.put(&mut batch, &k, &segment)?;
+                store.write(batch)?;
                 pane.segments += 1;
                 segment.clear();
-                if pane.segments.is_multiple_of(SEGMENTS_PER_WRITE) {
-                    // Bounded batches: a pane's copy is not held twice over.
-                    store.write(std::mem::replace(&mut batch, store.batch()))?;
-                }
             }
         }
         debug_assert_eq!(s, sightings.len(), "every new sighting's group is dirty");
         d.dirty.fill(false);
-        store.write(batch)?;
         Ok(())
     }
 
