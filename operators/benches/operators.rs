@@ -1,7 +1,8 @@
 //! Operator benchmarks (criterion): scoring through `predict` against the
 //! models of bench/scoring at batch sizes 1, 64 and 1024; JSON decode; window
 //! (HOP 1 min / 10 min, the fraud example's aggregates) update by key
-//! cardinality; JSON encode. Throughput is in rows. `make bench` runs them and
+//! cardinality; JSON encode, of transactions and of the HOP query's results
+//! (a window's rows share its bounds). Throughput is in rows. `make bench` runs them and
 //! reads the medians from target/criterion.
 //!
 //! ```sh
@@ -180,7 +181,44 @@ fn decode_encode(c: &mut Criterion) {
     group.bench_function(BenchmarkId::new("encode", "transactions"), |b| {
         b.iter(|| encoder.encode(&decoded).expect("encodes"))
     });
+    let results = window_results(&plan, &decoder);
+    let encoder = JsonEncoder::new(results.schema(), vec![0]);
+    group.bench_function(BenchmarkId::new("encode", "window_results"), |b| {
+        b.iter(|| encoder.encode(&results).expect("encodes"))
+    });
     group.finish();
+}
+
+/// `BATCH` rows of the HOP query's results, as its sink gets them: 16 batches
+/// of transactions over 10,000 cards, then every window fired.
+fn window_results(
+    plan: &weir_sql::PipelinePlan,
+    decoder: &JsonDecoder,
+) -> datafusion::arrow::array::RecordBatch {
+    let mut chain = build_chain(&plan.flows[0], &plan.tables, &Default::default()).expect("chain");
+    let mut ctx = Context::default();
+    let mut out = Vec::new();
+    for k in 0..16 {
+        let lines = transactions(BATCH, 10_000, T0 + k * BATCH as i64 * 10, 10, k as u64 + 3);
+        let (buf, spans, metas) = framed(&lines);
+        let data = decoder.decode(&buf, &spans, &metas).expect("decodes").batch;
+        let ids = id_array((0..BATCH).map(|i| source_row_id(0, k * BATCH as i64 + i as i64)));
+        let batch = Batch::new(
+            data,
+            Arc::new(Int64Array::from_value(T0 + k * BATCH as i64 * 10, BATCH)),
+            Arc::new(ids),
+        );
+        out.extend(chain.process(batch, &mut ctx).expect("process"));
+    }
+    out.extend(
+        chain
+            .advance_watermark(weir_operators::watermark::END_OF_TIME, &mut ctx)
+            .expect("watermark"),
+    );
+    let data: Vec<_> = out.into_iter().map(|b| b.data).collect();
+    let all = datafusion::arrow::compute::concat_batches(&data[0].schema(), &data).expect("concat");
+    assert!(all.num_rows() >= BATCH, "{} window results", all.num_rows());
+    all.slice(0, BATCH)
 }
 
 /// HOP(1 min, 10 min) with the fraud example's five aggregates: rows/s

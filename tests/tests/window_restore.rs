@@ -14,8 +14,15 @@
 //! operator moves panes to the store between checkpoints, some of them after
 //! a checkpoint copied them (their segments are replaced by per-group
 //! entries).
+//!
+//! The keys and the DISTINCT values change every 20,000 events (three
+//! generations of 2,000 each), longer than a window: the operator's
+//! dictionaries pass their first sweep with the first generation's windows
+//! all fired, drop those keys and values and renumber the rest while the open
+//! panes hold them. The reference run's counts are checked against the
+//! events themselves.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -29,6 +36,8 @@ use weir_tests::decode_lines;
 
 const EVENTS: u64 = 60_000;
 const KEYS: u64 = 2_000;
+/// Events per generation of keys.
+const GENERATION: u64 = 20_000;
 const BATCH: u64 = 1_000;
 const CHECKPOINTS: [u64; 2] = [20_000, 35_000];
 const CRASH: u64 = 45_000;
@@ -53,9 +62,17 @@ fn ts(i: u64) -> i64 {
     T0 + 10 * i as i64
 }
 
+/// Event `i`'s key and DISTINCT value.
+fn key_and_value(i: u64) -> (u64, u64) {
+    let generation = i / GENERATION;
+    (
+        (i * 7_919) % KEYS + KEYS * generation,
+        (i * 31) % 2_000 + 2_000 * generation,
+    )
+}
+
 fn event(i: u64) -> String {
-    let k = (i * 7_919) % KEYS;
-    let m = (i * 31) % 17;
+    let (k, m) = key_and_value(i);
     let v = ((i * 104_729) % 1_000) as f64 / 10.0;
     let t = chrono::DateTime::from_timestamp_millis(ts(i))
         .unwrap()
@@ -177,6 +194,36 @@ fn check(got: &Results, expected: &Results) {
     }
 }
 
+/// n and d of every (k, window_end) from the events themselves: HOP(1 min,
+/// 3 min) puts an event in the three windows whose ends are the next three
+/// whole minutes after it.
+fn direct(expected: &Results) {
+    let mut windows: BTreeMap<(u64, String), (f64, BTreeSet<u64>)> = BTreeMap::new();
+    for i in 0..EVENTS {
+        let (k, m) = key_and_value(i);
+        for j in 1..=3 {
+            let end = (ts(i).div_euclid(60_000) + j) * 60_000;
+            let end = chrono::DateTime::from_timestamp_millis(end)
+                .unwrap()
+                .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
+            let w = windows.entry((k, end)).or_default();
+            w.0 += 1.0;
+            w.1.insert(m);
+        }
+    }
+    assert_eq!(
+        expected.len(),
+        windows.len(),
+        "one result per (key, window)"
+    );
+    for (key, (n, values)) in windows {
+        let got = expected
+            .get(&key)
+            .unwrap_or_else(|| panic!("{key:?} missing"));
+        assert_eq!(got[..2], [n, values.len() as f64], "{key:?}: n and d");
+    }
+}
+
 /// `budget`: the window operator's memory budget. With `whole`, it holds
 /// every pane, so the restore must bring the open panes back into memory.
 fn crash_and_restore(budget: usize, whole: bool) {
@@ -185,6 +232,7 @@ fn crash_and_restore(budget: usize, whole: bool) {
     reference.finish();
     let expected = merge(&[&reference.results]);
     assert!(expected.len() > 10_000, "{} results", expected.len());
+    direct(&expected);
 
     let local = tempfile::tempdir().unwrap();
     let elsewhere = tempfile::tempdir().unwrap();

@@ -15,8 +15,6 @@ use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 use datafusion::physical_expr::{GroupsAccumulatorAdapter, PhysicalExpr};
 
-use super::groups::Seen;
-
 /// Where each output column of the aggregate comes from.
 #[derive(Debug, Clone, Copy)]
 pub enum OutputColumn {
@@ -55,6 +53,8 @@ pub struct Inputs {
     pub keys: Option<Rows>,
     pub values: Vec<Vec<ArrayRef>>,
     pub filters: Vec<Option<BooleanArray>>,
+    /// Of each DISTINCT aggregate: its arguments, row-encoded.
+    pub distinct: Vec<Option<Rows>>,
 }
 
 impl Inputs {
@@ -63,6 +63,16 @@ impl Inputs {
             Some(r) => r.row(row).data(),
             None => &[],
         }
+    }
+
+    /// Row `row`'s arguments of DISTINCT aggregate `agg`, row-encoded; None
+    /// when one is null (aggregates skip nulls themselves).
+    pub fn distinct_value(&self, agg: usize, row: usize) -> Option<&[u8]> {
+        if self.values[agg].iter().any(|v| v.is_null(row)) {
+            return None;
+        }
+        let rows = self.distinct[agg].as_ref().expect("a DISTINCT aggregate");
+        Some(rows.row(row).data())
     }
 }
 
@@ -141,14 +151,19 @@ impl Aggregation {
         };
         let mut values = Vec::with_capacity(self.aggregates.len());
         let mut filters = Vec::with_capacity(self.aggregates.len());
+        let mut distinct = Vec::with_capacity(self.aggregates.len());
         for a in &self.aggregates {
-            values.push(
-                a.expr
-                    .expressions()
-                    .iter()
-                    .map(|e| e.evaluate(data).and_then(|v| v.into_array(n)))
-                    .collect::<datafusion::common::Result<Vec<_>>>()?,
-            );
+            let arguments = a
+                .expr
+                .expressions()
+                .iter()
+                .map(|e| e.evaluate(data).and_then(|v| v.into_array(n)))
+                .collect::<datafusion::common::Result<Vec<_>>>()?;
+            distinct.push(match &a.distinct {
+                Some(converter) => Some(converter.convert_columns(&arguments)?),
+                None => None,
+            });
+            values.push(arguments);
             filters.push(match &a.filter {
                 Some(f) => Some(f.evaluate(data)?.into_array(n)?.as_boolean().clone()),
                 None => None,
@@ -158,6 +173,7 @@ impl Aggregation {
             keys,
             values,
             filters,
+            distinct,
         })
     }
 
@@ -284,29 +300,4 @@ impl Aggregation {
         accumulators[agg].update_batch(&columns, groups, None, total_groups)?;
         Ok(())
     }
-}
-
-/// The rows whose (group, argument values) `seen` does not hold yet, among
-/// those `filter` passes; marks them seen. Rows with a null argument are passed
-/// through: aggregates ignore nulls themselves.
-pub fn first_sightings(
-    converter: &RowConverter,
-    seen: &mut Seen,
-    values: &[ArrayRef],
-    group_indices: &[usize],
-    filter: Option<&BooleanArray>,
-) -> anyhow::Result<BooleanArray> {
-    let rows = converter.convert_columns(values)?;
-    let mask = (0..group_indices.len())
-        .map(|r| {
-            if filter.is_some_and(|f| !f.is_valid(r) || !f.value(r)) {
-                return false;
-            }
-            if values.iter().any(|v| v.is_null(r)) {
-                return true;
-            }
-            seen.insert(group_indices[r] as u32, rows.row(r).as_ref())
-        })
-        .collect::<Vec<bool>>();
-    Ok(BooleanArray::from(mask))
 }

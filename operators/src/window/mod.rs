@@ -55,7 +55,7 @@ mod session;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, UInt32Array};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, UInt32Array};
 use datafusion::arrow::compute::take;
 use datafusion::logical_expr::GroupsAccumulator;
 use hashbrown::HashMap;
@@ -65,8 +65,8 @@ pub use aggregation::{AggregateSpec, Aggregation, OutputColumn};
 pub use assign::Assigner;
 pub use session::SessionOp;
 
-use aggregation::{Inputs, first_sightings};
-use groups::{Interner, Seen, unpair};
+use aggregation::Inputs;
+use groups::{Dict, Groups, Seen, unpair};
 
 use crate::ids::{Change, RowId, change_row_id, id_array, window_row_id};
 use crate::operator::{Batch, Context, Operator, StateAttachment, event_times};
@@ -74,8 +74,8 @@ use crate::operator::{Batch, Context, Operator, StateAttachment, event_times};
 /// What a pane accumulated since it was last moved to the store (all of it,
 /// for a pane that never was).
 struct Delta {
-    /// Group keys, numbered in order of first sight.
-    keys: Interner,
+    /// Groups (numbered in order of first sight) by key number.
+    keys: Groups,
     accumulators: Vec<Box<dyn GroupsAccumulator>>,
     /// Per aggregate: the (group, value) pairs seen, for DISTINCT aggregates.
     seen: Vec<Option<Seen>>,
@@ -121,6 +121,36 @@ const KIND_SIGHTING: u8 = 1;
 /// re-emitted (value: 1 if it had been emitted before), written at checkpoints.
 const KIND_CHANGED: u8 = 2;
 
+/// The byte strings the panes' deltas share, each held once ([`Dict`]).
+struct Dicts {
+    /// Group keys.
+    keys: Dict,
+    /// Per aggregate: the values of a DISTINCT one.
+    values: Vec<Option<Dict>>,
+}
+
+impl Dicts {
+    fn value(&self, agg: usize, number: u32) -> &[u8] {
+        let dict = self.values[agg].as_ref().expect("a DISTINCT aggregate");
+        dict.get(number)
+    }
+
+    fn memory(&self) -> usize {
+        self.keys.memory()
+            + self
+                .values
+                .iter()
+                .flatten()
+                .map(Dict::memory)
+                .sum::<usize>()
+    }
+}
+
+/// Not yet looked up (a row's key or value number).
+const UNSEEN: u32 = u32::MAX;
+/// A DISTINCT aggregate's null argument, which it skips.
+const NULL_VALUE: u32 = u32::MAX - 1;
+
 pub struct WindowAggregateOp {
     assigner: Assigner,
     time_column: usize,
@@ -129,6 +159,8 @@ pub struct WindowAggregateOp {
     lateness: i64,
     /// Open and kept panes by window end.
     panes: BTreeMap<i64, Pane>,
+    /// What the panes' deltas share.
+    dicts: Dicts,
     /// The watermark up to which windows have fired.
     fired_through: i64,
     store: Option<OperatorState>,
@@ -217,12 +249,21 @@ impl WindowAggregateOp {
         agg: Aggregation,
         allowed_lateness_ms: i64,
     ) -> Self {
+        let dicts = Dicts {
+            keys: Dict::default(),
+            values: agg
+                .aggregates
+                .iter()
+                .map(|a| a.distinct.as_ref().map(|_| Dict::default()))
+                .collect(),
+        };
         Self {
             assigner,
             time_column,
             agg,
             lateness: allowed_lateness_ms,
             panes: BTreeMap::new(),
+            dicts,
             fired_through: i64::MIN,
             store: None,
             memory_budget: usize::MAX,
@@ -241,7 +282,7 @@ impl WindowAggregateOp {
 
     fn new_delta(&self) -> anyhow::Result<Delta> {
         Ok(Delta {
-            keys: Interner::default(),
+            keys: Groups::default(),
             accumulators: self.agg.new_accumulators()?,
             seen: self
                 .agg
@@ -311,8 +352,9 @@ impl WindowAggregateOp {
         for (from, chunk_sightings) in (0..n).step_by(FLUSH_CHUNK_GROUPS).zip(sightings) {
             let to = (from + FLUSH_CHUNK_GROUPS).min(n);
             let m = to - from;
-            let prefixes: Vec<Vec<u8>> = (from..to)
-                .map(|g| group_prefix(pane.end, keys.get(g)))
+            let prefixes: Vec<Vec<u8>> = keys.keys()[from..to]
+                .iter()
+                .map(|&k| group_prefix(pane.end, self.dicts.keys.get(k)))
                 .collect();
             let state_keys: Vec<Vec<u8>> =
                 prefixes.iter().map(|p| with_kind(p, KIND_STATE)).collect();
@@ -366,8 +408,7 @@ impl WindowAggregateOp {
                     let g = g as usize - from;
                     let mut k = with_kind(&prefixes[g], KIND_SIGHTING);
                     k.push(agg);
-                    let seen = seen[agg as usize].as_ref().expect("a DISTINCT aggregate");
-                    k.extend_from_slice(seen.values.get(v as usize));
+                    k.extend_from_slice(self.dicts.value(agg as usize, v));
                     (g, k)
                 })
                 .collect();
@@ -391,7 +432,7 @@ impl WindowAggregateOp {
                 for (g, (e, d)) in existing.iter().zip(&differs).enumerate() {
                     if *d {
                         pane.changed
-                            .entry(keys.get(from + g).into())
+                            .entry(self.dicts.keys.get(keys.keys()[from + g]).into())
                             .or_insert(e.is_some());
                     }
                 }
@@ -455,7 +496,7 @@ impl WindowAggregateOp {
         let mut segment = Vec::with_capacity(SEGMENT_BYTES + 4096);
         let mut s = 0;
         for (j, &g) in dirty.iter().enumerate() {
-            put_bytes(&mut segment, d.keys.get(g as usize));
+            put_bytes(&mut segment, self.dicts.keys.get(d.keys.keys()[g as usize]));
             put_bytes(
                 &mut segment,
                 states.as_ref().map_or(&[][..], |r| r.row(j).data()),
@@ -467,8 +508,7 @@ impl WindowAggregateOp {
             segment.extend_from_slice(&((s - from) as u32).to_be_bytes());
             for &(_, agg, v) in &sightings[from..s] {
                 segment.push(agg);
-                let seen = d.seen[agg as usize].as_ref().expect("a DISTINCT aggregate");
-                put_bytes(&mut segment, seen.values.get(v as usize));
+                put_bytes(&mut segment, self.dicts.value(agg as usize, v));
             }
             if segment.len() >= SEGMENT_BYTES || j + 1 == dirty.len() {
                 let mut k = segment_prefix(pane.end);
@@ -490,6 +530,7 @@ impl WindowAggregateOp {
     /// The pane ending at `end` from its segments, whole, if it was stored so.
     fn restore_segments(
         &self,
+        dicts: &mut Dicts,
         store: &OperatorState,
         end: i64,
     ) -> anyhow::Result<Option<(Delta, u64)>> {
@@ -500,7 +541,7 @@ impl WindowAggregateOp {
             let (_, v) = entry?;
             segments += 1;
             read_segment(&v, |key, state, sightings| {
-                let (g, new) = d.keys.intern(key);
+                let (g, new) = d.keys.group(dicts.keys.intern(key));
                 if new {
                     states.push(state.into());
                     d.dirty.push(false);
@@ -509,8 +550,10 @@ impl WindowAggregateOp {
                     states[g as usize] = state.into();
                 }
                 for (agg, value) in sightings {
-                    if let Some(Some(seen)) = d.seen.get_mut(agg) {
-                        seen.insert(g, value);
+                    if let (Some(Some(seen)), Some(Some(values))) =
+                        (d.seen.get_mut(agg), dicts.values.get_mut(agg))
+                    {
+                        seen.insert(g, values.intern(value));
                     }
                 }
             })?;
@@ -524,7 +567,7 @@ impl WindowAggregateOp {
             let Some(seen) = seen else { continue };
             sightings.extend(seen.order.iter().map(|&p| {
                 let (g, v) = unpair(p);
-                (g as usize, agg as u8, seen.values.get(v as usize))
+                (g as usize, agg as u8, dicts.value(agg, v))
             }));
             d.seen_copied[agg] = seen.order.len();
         }
@@ -546,7 +589,12 @@ impl WindowAggregateOp {
             pane.fired = true;
             let delta = std::mem::replace(&mut pane.delta, self.new_delta()?);
             if !delta.keys.is_empty() {
-                let keys: Vec<&[u8]> = delta.keys.iter().collect();
+                let keys: Vec<&[u8]> = delta
+                    .keys
+                    .keys()
+                    .iter()
+                    .map(|&k| self.dicts.keys.get(k))
+                    .collect();
                 let ids = keys.iter().map(|k| window_row_id(k, end)).collect();
                 out.push(self.emit(end, &keys, delta.accumulators, ids, watermark)?);
             }
@@ -722,7 +770,46 @@ impl WindowAggregateOp {
 
     /// Memory the deltas hold, roughly.
     fn memory(&self) -> usize {
-        self.panes.values().map(pane_memory).sum()
+        self.dicts.memory() + self.panes.values().map(pane_memory).sum::<usize>()
+    }
+
+    /// Drops the keys and DISTINCT values no pane's delta holds any more: of
+    /// each dictionary, when enough were added since its last sweep, or
+    /// `now`. Never while a batch's rows hold numbers ([`Self::update`]).
+    fn sweep(&mut self, now: bool) {
+        let Dicts { keys, values } = &mut self.dicts;
+        if now || keys.sweep_due() {
+            let mut live = vec![false; keys.len()];
+            for p in self.panes.values() {
+                for &k in p.delta.keys.keys() {
+                    live[k as usize] = true;
+                }
+            }
+            if let Some(new) = keys.sweep(&live) {
+                for p in self.panes.values_mut() {
+                    p.delta.keys.renumber(&new);
+                }
+            }
+        }
+        for (agg, values) in values.iter_mut().enumerate() {
+            let Some(values) = values else { continue };
+            if !now && !values.sweep_due() {
+                continue;
+            }
+            let mut live = vec![false; values.len()];
+            for p in self.panes.values() {
+                for &s in p.delta.seen[agg].iter().flat_map(|s| &s.order) {
+                    live[unpair(s).1 as usize] = true;
+                }
+            }
+            if let Some(new) = values.sweep(&live) {
+                for p in self.panes.values_mut() {
+                    if let Some(seen) = &mut p.delta.seen[agg] {
+                        seen.renumber(&new);
+                    }
+                }
+            }
+        }
     }
 
     /// Over budget: writes the largest deltas to the store until half the
@@ -731,6 +818,11 @@ impl WindowAggregateOp {
         if self.store.is_none() {
             return Ok(());
         }
+        if self.memory() <= self.memory_budget {
+            return Ok(());
+        }
+        // What only panes gone held first.
+        self.sweep(true);
         let mut used = self.memory();
         if used <= self.memory_budget {
             return Ok(());
@@ -750,6 +842,8 @@ impl WindowAggregateOp {
                 break;
             }
         }
+        // What only the moved panes held.
+        self.sweep(true);
         Ok(())
     }
 
@@ -810,6 +904,18 @@ impl WindowAggregateOp {
         n: usize,
         by_pane: BTreeMap<i64, Vec<u32>>,
     ) -> anyhow::Result<()> {
+        // Each row's key number, and its value number of each DISTINCT
+        // aggregate, looked up once for all its panes.
+        let mut numbers = vec![UNSEEN; n];
+        let mut value_numbers: Vec<Vec<u32>> = self
+            .dicts
+            .values
+            .iter()
+            .map(|d| match d {
+                Some(_) => vec![UNSEEN; n],
+                None => Vec::new(),
+            })
+            .collect();
         for (end, indices) in by_pane {
             if !self.panes.contains_key(&end) {
                 let pane = Pane {
@@ -829,7 +935,11 @@ impl WindowAggregateOp {
             let pane = &mut self.panes.get_mut(&end).expect("inserted above").delta;
             let mut group_indices = Vec::with_capacity(indices.len());
             for &row in &indices {
-                let (g, new) = pane.keys.intern(inputs.key(row as usize));
+                let row = row as usize;
+                if numbers[row] == UNSEEN {
+                    numbers[row] = self.dicts.keys.intern(inputs.key(row));
+                }
+                let (g, new) = pane.keys.group(numbers[row]);
                 if new {
                     pane.dirty.push(true);
                 } else {
@@ -853,16 +963,31 @@ impl WindowAggregateOp {
                     (Some(f), None) => Some(f.clone()),
                     (Some(f), Some(idx)) => Some(take(f, idx, None)?.as_boolean().clone()),
                 };
-                if let (Some(converter), Some(seen)) =
-                    (&self.agg.aggregates[i].distinct, &mut pane.seen[i])
-                {
-                    filter = Some(first_sightings(
-                        converter,
-                        seen,
-                        &values,
-                        &group_indices,
-                        filter.as_ref(),
-                    )?);
+                if let (Some(dict), Some(seen)) = (&mut self.dicts.values[i], &mut pane.seen[i]) {
+                    // Only the rows whose (group, value) the pane has not seen
+                    // reach the accumulator; a row the filter drops sees
+                    // nothing, and a null passes (the accumulator skips it).
+                    let numbers = &mut value_numbers[i];
+                    let mask: Vec<bool> = (0..group_indices.len())
+                        .map(|r| {
+                            if filter
+                                .as_ref()
+                                .is_some_and(|f| !f.is_valid(r) || !f.value(r))
+                            {
+                                return false;
+                            }
+                            let row = idx.as_ref().map_or(r, |idx| idx.value(r) as usize);
+                            if numbers[row] == UNSEEN {
+                                numbers[row] = match inputs.distinct_value(i, row) {
+                                    Some(v) => dict.intern(v),
+                                    None => NULL_VALUE,
+                                };
+                            }
+                            numbers[row] == NULL_VALUE
+                                || seen.insert(group_indices[r] as u32, numbers[row])
+                        })
+                        .collect();
+                    filter = Some(BooleanArray::from(mask));
                 }
                 acc.update_batch(&values, &group_indices, filter.as_ref(), total)?;
             }
@@ -953,7 +1078,9 @@ impl Operator for WindowAggregateOp {
             late,
             "late: every window this row belongs to had already closed",
         )?;
-        self.enforce_budget()
+        self.enforce_budget()?;
+        self.sweep(false);
+        Ok(())
     }
 
     fn advance_watermark(
@@ -965,7 +1092,9 @@ impl Operator for WindowAggregateOp {
         if watermark <= self.fired_through {
             return Ok(());
         }
-        self.advance(watermark, out)
+        self.advance(watermark, out)?;
+        self.sweep(false);
+        Ok(())
     }
 
     fn next_emission(&self) -> Option<i64> {
@@ -981,6 +1110,13 @@ impl Operator for WindowAggregateOp {
         self.fired_through = state.fired_through;
         self.memory_budget = state.memory_budget;
         // The panes the checkpoint holds: one seek per pane.
+        let mut dicts = std::mem::replace(
+            &mut self.dicts,
+            Dicts {
+                keys: Dict::default(),
+                values: Vec::new(),
+            },
+        );
         let mut from = Vec::new();
         while let Some(key) = state.store.first_key_from(&from)? {
             let end = pane_end(&key);
@@ -999,7 +1135,7 @@ impl Operator for WindowAggregateOp {
                     }
                 }
             }
-            let pane = match self.restore_segments(&state.store, end)? {
+            let pane = match self.restore_segments(&mut dicts, &state.store, end)? {
                 Some((delta, segments)) => Pane {
                     end,
                     delta,
@@ -1023,6 +1159,7 @@ impl Operator for WindowAggregateOp {
                 None => break,
             }
         }
+        self.dicts = dicts;
         self.store = Some(state.store);
         Ok(())
     }
