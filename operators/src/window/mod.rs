@@ -122,6 +122,7 @@ const KIND_SIGHTING: u8 = 1;
 const KIND_CHANGED: u8 = 2;
 
 /// The byte strings the panes' deltas share, each held once ([`Dict`]).
+#[derive(Default)]
 struct Dicts {
     /// Group keys.
     keys: Dict,
@@ -778,37 +779,30 @@ impl WindowAggregateOp {
     /// `now`. Never while a batch's rows hold numbers ([`Self::update`]).
     fn sweep(&mut self, now: bool) {
         let Dicts { keys, values } = &mut self.dicts;
-        if now || keys.sweep_due() {
-            let mut live = vec![false; keys.len()];
-            for p in self.panes.values() {
-                for &k in p.delta.keys.keys() {
-                    live[k as usize] = true;
-                }
-            }
-            if let Some(new) = keys.sweep(&live) {
-                for p in self.panes.values_mut() {
-                    p.delta.keys.renumber(&new);
-                }
-            }
-        }
+        sweep_dict(
+            keys,
+            &mut self.panes,
+            now,
+            |d, live| d.keys.keys().iter().for_each(|&k| live[k as usize] = true),
+            |d, new| d.keys.renumber(new),
+        );
         for (agg, values) in values.iter_mut().enumerate() {
             let Some(values) = values else { continue };
-            if !now && !values.sweep_due() {
-                continue;
-            }
-            let mut live = vec![false; values.len()];
-            for p in self.panes.values() {
-                for &s in p.delta.seen[agg].iter().flat_map(|s| &s.order) {
-                    live[unpair(s).1 as usize] = true;
-                }
-            }
-            if let Some(new) = values.sweep(&live) {
-                for p in self.panes.values_mut() {
-                    if let Some(seen) = &mut p.delta.seen[agg] {
-                        seen.renumber(&new);
+            sweep_dict(
+                values,
+                &mut self.panes,
+                now,
+                |d, live| {
+                    for &p in d.seen[agg].iter().flat_map(|s| &s.order) {
+                        live[unpair(p).1 as usize] = true;
                     }
-                }
-            }
+                },
+                |d, new| {
+                    if let Some(seen) = &mut d.seen[agg] {
+                        seen.renumber(new);
+                    }
+                },
+            );
         }
     }
 
@@ -996,6 +990,29 @@ impl WindowAggregateOp {
     }
 }
 
+/// Sweeps `dict` ([`Dict::sweep`], when due or `now`): `mark` sets the
+/// numbers a delta holds, `renumber` applies the new numbering to a delta.
+fn sweep_dict(
+    dict: &mut Dict,
+    panes: &mut BTreeMap<i64, Pane>,
+    now: bool,
+    mark: impl Fn(&Delta, &mut [bool]),
+    renumber: impl Fn(&mut Delta, &[u32]),
+) {
+    if !now && !dict.sweep_due() {
+        return;
+    }
+    let mut live = vec![false; dict.len()];
+    for p in panes.values() {
+        mark(&p.delta, &mut live);
+    }
+    if let Some(new) = dict.sweep(&live) {
+        for p in panes.values_mut() {
+            renumber(&mut p.delta, &new);
+        }
+    }
+}
+
 fn pane_memory(p: &Pane) -> usize {
     let d = &p.delta;
     d.keys.memory()
@@ -1110,13 +1127,7 @@ impl Operator for WindowAggregateOp {
         self.fired_through = state.fired_through;
         self.memory_budget = state.memory_budget;
         // The panes the checkpoint holds: one seek per pane.
-        let mut dicts = std::mem::replace(
-            &mut self.dicts,
-            Dicts {
-                keys: Dict::default(),
-                values: Vec::new(),
-            },
-        );
+        let mut dicts = std::mem::take(&mut self.dicts);
         let mut from = Vec::new();
         while let Some(key) = state.store.first_key_from(&from)? {
             let end = pane_end(&key);
