@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
-# Measures weir's state figures against tansu, with the debug build (its
-# dependencies, RocksDB included, at opt-level 2, as the tests use them):
+# Measures weir's state figures against tansu, with the release build (the
+# one the tests and the example use):
 #   A  checkpoint duration and size with KEYS keys of open window state
 #   A' restore time from the changelog for those keys (state directory deleted)
 #   B  recovery after kill -9: from the restart until caught up with the input
 # Usage: scripts/measure-recovery.sh [KEYS]   (default 1000000)
 # Needs tansu (scripts/test.sh installs it), python3 with confluent-kafka, and
-# a built target/debug/weir (cargo test --workspace or cargo build builds it).
+# a built target/release/weir (scripts/test.sh or cargo build --release builds it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KEYS="${1:-1000000}"
 EVENTS=$((2 * KEYS))
 TARGET="${CARGO_TARGET_DIR:-$HOME/.cache/weir/target}"
-WEIR="$TARGET/debug/weir"
+WEIR="$TARGET/release/weir"
 TANSU="${TANSU_BIN:-$HOME/.cargo/bin/tansu}"
 WORK="$(mktemp -d /tmp/weir-measure-XXXX)"
 PORT=$((20000 + RANDOM % 20000))
