@@ -36,7 +36,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tracing::warn;
 use weir_state::{ChangelogLink, CheckpointMeta, TaskStore};
 
-use crate::task::Sink;
+use crate::sink::Sink;
 
 /// Bytes of state changes per changelog record.
 pub const CHUNK_BYTES: usize = 256 << 10;
@@ -228,11 +228,6 @@ pub fn await_handover(
         // The claim is acknowledged, so the partition's end is now past it.
         at_end = false;
     }
-}
-
-/// The changelog name for a task's source table.
-pub fn topic_name(group_id: &str, source: &str) -> String {
-    format!("{group_id}-{source}-changelog")
 }
 
 /// What a task writes to its changelog, and when.

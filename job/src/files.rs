@@ -23,6 +23,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, bail};
 use weir_operators::RecordMeta;
 
+use crate::records::RawBatch;
+
 /// Bits of an offset that hold the line number.
 pub const LINE_BITS: u32 = 40;
 const LINE_MASK: i64 = (1 << LINE_BITS) - 1;
@@ -161,17 +163,10 @@ impl FileInput {
         )
     }
 
-    /// Appends up to `max` records (lines that are not blank) to `buf`, each
-    /// followed by a newline, with their ranges in `spans` and their places in
-    /// `metas`, as the decoder takes a batch. Returns false once every file is
-    /// read.
-    pub fn read(
-        &mut self,
-        max: usize,
-        buf: &mut Vec<u8>,
-        spans: &mut Vec<(usize, usize)>,
-        metas: &mut Vec<RecordMeta>,
-    ) -> anyhow::Result<bool> {
+    /// Appends up to `max` records (lines that are not blank) to `batch`.
+    /// Returns false once every file is read.
+    pub fn read(&mut self, max: usize, batch: &mut RawBatch) -> anyhow::Result<bool> {
+        let RawBatch { buf, spans, metas } = batch;
         let mut taken = 0;
         while taken < max {
             if self.file >= self.files.len() {
@@ -234,9 +229,10 @@ mod tests {
     fn read_all(input: &mut FileInput, max: usize) -> Vec<(String, i64)> {
         let mut out = Vec::new();
         loop {
-            let (mut buf, mut spans, mut metas) = (Vec::new(), Vec::new(), Vec::new());
-            let more = input.read(max, &mut buf, &mut spans, &mut metas).unwrap();
-            for ((s, e), m) in spans.iter().zip(&metas) {
+            let mut batch = RawBatch::default();
+            let more = input.read(max, &mut batch).unwrap();
+            let RawBatch { buf, spans, metas } = &batch;
+            for ((s, e), m) in spans.iter().zip(metas.iter()) {
                 assert_eq!(buf[*e], b'\n');
                 out.push((String::from_utf8(buf[*s..*e].to_vec()).unwrap(), m.offset));
             }

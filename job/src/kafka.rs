@@ -1,15 +1,16 @@
-//! Kafka client configuration and topic management.
+//! Kafka clients: their configuration, and the readers weir uses besides a
+//! source task's consumer (scans of output and changelog partitions, the
+//! cluster's compacted topics). Topics are created in `topics.rs`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use weir_sql::KafkaTable;
+use weir_sql::{KafkaTable, StartupMode};
 
 /// A consumer context that does not log end-of-partition events as errors:
 /// weir asks for them (bounded reads, reading a table to its end) and handles
@@ -101,102 +102,6 @@ pub fn apply_properties(c: &mut ClientConfig, properties: &BTreeMap<String, Stri
         // group.id is a consumer property; harmless elsewhere but noisy in logs.
         c.set(k, v);
     }
-}
-
-/// Checks the brokers answer, within `timeout`, so a wrong address fails fast.
-pub fn check_reachable(bootstrap: &str, timeout: Duration) -> anyhow::Result<()> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set(
-            "socket.connection.setup.timeout.ms",
-            timeout.as_millis().to_string(),
-        )
-        .create()
-        .context("creating a Kafka client")?;
-    consumer
-        .fetch_metadata(None, timeout)
-        .map(|_| ())
-        .with_context(|| {
-            format!(
-                "cannot reach Kafka at '{bootstrap}' within {}s (is the broker running? set KAFKA_BROKERS or 'properties.bootstrap.servers')",
-                timeout.as_secs()
-            )
-        })
-}
-
-/// Partition count of `topic`, or None if it does not exist.
-pub fn partition_count(
-    bootstrap: &str,
-    topic: &str,
-    timeout: Duration,
-) -> anyhow::Result<Option<usize>> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("allow.auto.create.topics", "false")
-        .create()?;
-    let md = consumer
-        .fetch_metadata(Some(topic), timeout)
-        .with_context(|| format!("reading metadata of topic '{topic}'"))?;
-    Ok(md
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic)
-        .filter(|t| t.error().is_none() && !t.partitions().is_empty())
-        .map(|t| t.partitions().len()))
-}
-
-/// Creates `topic` with `partitions` partitions unless it exists.
-pub fn ensure_topic(
-    bootstrap: &str,
-    topic: &str,
-    partitions: i32,
-    timeout: Duration,
-) -> anyhow::Result<()> {
-    ensure_topic_with(bootstrap, topic, partitions, &[], timeout)
-}
-
-/// Creates `topic` with `partitions` partitions and topic `configs` unless it
-/// exists (an existing topic's configuration is left as it is).
-pub fn ensure_topic_with(
-    bootstrap: &str,
-    topic: &str,
-    partitions: i32,
-    configs: &[(&str, &str)],
-    timeout: Duration,
-) -> anyhow::Result<()> {
-    if partition_count(bootstrap, topic, timeout)?.is_some() {
-        return Ok(());
-    }
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .context("creating a Kafka admin client")?;
-    let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
-    for (k, v) in configs {
-        new = new.set(k, v);
-    }
-    let opts = AdminOptions::new().operation_timeout(Some(timeout));
-    let results = futures_executor::block_on(admin.create_topics([&new], &opts))
-        .with_context(|| format!("creating topic '{topic}'"))?;
-    for r in results {
-        if let Err((name, code)) = r
-            && code != rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists
-        {
-            bail!("creating topic '{name}': {code}");
-        }
-    }
-    // Wait until the topic is visible in metadata.
-    let deadline = std::time::Instant::now() + timeout;
-    while std::time::Instant::now() < deadline {
-        if partition_count(bootstrap, topic, timeout)?.is_some() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    bail!(
-        "topic '{topic}' was created but did not appear within {}s",
-        timeout.as_secs()
-    )
 }
 
 /// A consumer for reading assigned partitions to their end once (no commits,
@@ -369,4 +274,26 @@ pub fn end_offsets(
         }
     }
     Ok(ends)
+}
+
+/// Where a partition without a checkpointed or committed offset starts: its
+/// first or next offset, by the source's startup mode.
+pub fn startup_offset<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    table: &KafkaTable,
+    partition: i32,
+) -> anyhow::Result<i64> {
+    let (low, high) = consumer
+        .fetch_watermarks(&table.topic, partition, Duration::from_secs(10))
+        .with_context(|| {
+            format!(
+                "reading the offsets of '{}' partition {partition}",
+                table.topic
+            )
+        })?;
+    Ok(if table.startup_mode == StartupMode::Latest {
+        high.max(0)
+    } else {
+        low.max(0)
+    })
 }

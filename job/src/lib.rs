@@ -15,16 +15,20 @@
 
 pub mod changelog;
 pub mod cluster;
+pub mod counters;
 pub mod embedded;
 pub mod files;
 pub mod generate;
 pub mod kafka;
 pub mod load;
 pub mod printer;
+pub mod records;
 pub mod run;
 pub mod shuffle;
+pub mod sink;
 pub mod table;
 pub mod task;
+pub mod topics;
 
 pub use load::{LoadedPipeline, load_pipeline, plan_text};
 pub use run::{RunOptions, RunSummary, SourceSummary, run_pipeline};

@@ -246,7 +246,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             })?;
             let state_dir = state_dir
                 .unwrap_or_else(|| weir::run::default_state_root().join(format!("worker-{id}")));
-            weir::cluster::worker::run_worker(weir::cluster::worker::WorkerOptions {
+            weir::cluster::worker::run_worker(weir::cluster::WorkerOptions {
                 brokers: cluster.brokers.clone(),
                 id,
                 http,
@@ -314,7 +314,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         }
                     }
                     Some(b) => {
-                        let sink = weir::task::Sink::new(&weir::kafka::producer_config(
+                        let sink = weir::sink::Sink::new(&weir::kafka::producer_config(
                             &b,
                             &Default::default(),
                         ))?;
@@ -339,7 +339,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                 }
                 Some(b) => {
-                    let sink = weir::task::Sink::new(&weir::kafka::producer_config(
+                    let sink = weir::sink::Sink::new(&weir::kafka::producer_config(
                         &b,
                         &Default::default(),
                     ))?;

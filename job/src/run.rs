@@ -13,15 +13,15 @@ use weir_operators::{JsonEncoder, build_chain};
 use weir_sql::catalog::{parse_duration_ms, parse_size_bytes};
 use weir_sql::{DeliveryGuarantee, KafkaTable};
 
+use crate::counters::TaskCounters;
 use crate::embedded::{EMBEDDED, EmbeddedBroker};
 use crate::generate::FraudGenerator;
-use crate::kafka::{
-    check_reachable, ensure_topic, ensure_topic_with, partition_count, producer_config,
-    sink_properties,
-};
+use crate::kafka::{producer_config, sink_properties};
 use crate::load::LoadedPipeline;
 use crate::printer::spawn_printer;
-use crate::task::{FlowRuntime, Sink, SourceTask, TaskCounters, TaskSettings, TaskState};
+use crate::sink::Sink;
+use crate::task::{FlowRuntime, SourceTask, TaskSettings, TaskState};
+use crate::topics::{self, Admin};
 
 pub struct RunOptions {
     /// Set to ask every task to stop; the run then flushes and returns.
@@ -78,7 +78,6 @@ impl RunSummary {
     }
 }
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Beyond two checkpoint intervals, how long a cluster task's previous owner
 /// may be silent before it is taken for gone.
 const HANDOVER_SLACK: Duration = Duration::from_secs(5);
@@ -133,44 +132,18 @@ pub fn run_pipeline(mut loaded: LoadedPipeline, options: RunOptions) -> anyhow::
         servers.insert(&t.bootstrap_servers);
     }
     for s in &servers {
-        check_reachable(s, CONNECT_TIMEOUT)?;
+        topics::check_reachable(s)?;
     }
 
-    // Topics: sources must exist (the embedded broker creates them); sinks and
-    // dead-letter topics are created when missing.
-    for source in plan.sources() {
-        if source.path.is_some() {
-            // Files: listed (and checked) when the task starts.
-        } else if let Some(broker) = &embedded {
-            broker.create_topic(&source.topic, source.partitions.unwrap_or(4))?;
-        } else if partition_count(&source.bootstrap_servers, &source.topic, CONNECT_TIMEOUT)?
-            .is_none()
-        {
-            bail!(
-                "source table {}: topic '{}' does not exist at {}",
-                source.name,
-                source.topic,
-                source.bootstrap_servers
-            );
-        }
-        if let Some(dlq) = &source.dead_letter_topic {
-            create_output_topic(embedded.as_ref(), &source.bootstrap_servers, dlq, 1)?;
-        }
-    }
-    for sink in plan.sinks() {
-        create_output_topic(
-            embedded.as_ref(),
-            &sink.bootstrap_servers,
-            &sink.topic,
-            sink.partitions.unwrap_or(1),
-        )?;
-    }
+    // Topics: sources must exist (the embedded broker creates them, and its
+    // joined tables); sinks and dead-letter topics are created when missing.
+    let admin = Admin::new(embedded.as_ref());
+    admin.prepare(plan)?;
 
-    // Joined tables: on the embedded broker, created (and filled by their
-    // generator); on a real cluster their topics must exist (checked when read).
-    if let Some(broker) = &embedded {
+    // Joined tables on the embedded broker are filled by their generator; on
+    // a real cluster their topics must exist (checked when read).
+    if embedded.is_some() {
         for table in plan.tables.values().filter(|t| t.scan_table) {
-            broker.create_topic(&table.topic, table.partitions.unwrap_or(1))?;
             match table.embedded_generator.as_deref() {
                 None => {}
                 Some("fraud-merchants") => write_merchant_table(table)?,
@@ -272,11 +245,8 @@ pub fn run_pipeline(mut loaded: LoadedPipeline, options: RunOptions) -> anyhow::
         let task_counters = Arc::new(TaskCounters::default());
         counters.insert(source.name.clone(), task_counters.clone());
         let changelog_topic = if factory.changelogs && TaskFactory::stateful(&flows) {
-            let topic = crate::changelog::topic_name(&group_id, &source.name);
-            match embedded.as_ref() {
-                Some(b) => b.create_topic(&topic, 1)?,
-                None => ensure_changelog_topic(sink.bootstrap(), &topic, 1)?,
-            }
+            let topic = topics::changelog_name(&group_id, &source.name);
+            admin.changelog(&bootstrap, &topic, 1)?;
             Some(topic)
         } else {
             None
@@ -351,18 +321,6 @@ pub fn run_pipeline(mut loaded: LoadedPipeline, options: RunOptions) -> anyhow::
         );
     }
     Ok(summary)
-}
-
-fn create_output_topic(
-    embedded: Option<&EmbeddedBroker>,
-    bootstrap: &str,
-    topic: &str,
-    partitions: i32,
-) -> anyhow::Result<()> {
-    match embedded {
-        Some(b) => b.create_topic(topic, partitions),
-        None => ensure_topic(bootstrap, topic, partitions, CONNECT_TIMEOUT),
-    }
 }
 
 /// The fraud example's merchant-risk table, written once, valid from a day ago
@@ -472,27 +430,6 @@ fn state_fingerprint(source: &KafkaTable, flows: &[FlowRuntime]) -> anyhow::Resu
         }
     }
     Ok(h.finalize().to_hex()[..32].to_string())
-}
-
-/// Creates the compacted changelog topic of a source's tasks, one partition
-/// per task, unless it exists; an existing topic must have enough partitions.
-pub fn ensure_changelog_topic(bootstrap: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
-    ensure_topic_with(
-        bootstrap,
-        topic,
-        partitions,
-        &[("cleanup.policy", "compact")],
-        CONNECT_TIMEOUT,
-    )
-    .with_context(|| format!("creating the changelog topic '{topic}'"))?;
-    let have = partition_count(bootstrap, topic, CONNECT_TIMEOUT)?.unwrap_or(0);
-    if have < partitions as usize {
-        bail!(
-            "changelog topic '{topic}' has {have} partitions, the job needs {partitions} (one per task): \
-             was it made by another job of the same name?"
-        );
-    }
-    Ok(())
 }
 
 /// Makes source tasks for a planned pipeline: the settings every task of a

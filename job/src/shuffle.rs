@@ -41,12 +41,15 @@ use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::BaseRecord;
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{debug, info, warn};
+use weir_operators::JsonDecoder;
 use weir_operators::watermark::START_OF_TIME;
-use weir_operators::{JsonDecoder, RecordMeta};
 use weir_sql::{GroupKey, KafkaTable, PipelinePlan, Stage};
 
+use crate::counters::TaskCounters;
 use crate::kafka::consumer_config;
-use crate::task::{Sink, TaskCounters, push_record, startup_offset};
+use crate::kafka::startup_offset;
+use crate::records::RawBatch;
+use crate::sink::Sink;
 
 /// A data record's origin: 4 bytes partition, 8 bytes offset (big-endian).
 pub const ORIGIN_HEADER: &str = "weir.origin";
@@ -58,11 +61,6 @@ pub const END_HEADER: &str = "weir.end";
 /// How often a map task tells every repartition partition how far its input's
 /// event time has got (when it moved).
 const WATERMARK_EVERY: Duration = Duration::from_millis(200);
-
-/// The repartition topic of a job's source.
-pub fn topic_name(group_id: &str, source: &str) -> String {
-    format!("{group_id}-{source}-repartition")
-}
 
 /// What a cluster job must repartition: per source table (by name), the
 /// source columns its records are routed by. A source whose stateful stages
@@ -354,26 +352,22 @@ impl MapTask {
         let mut last_watermark = Instant::now();
         let mut last_commit = Instant::now();
         let mut ended = false;
-        let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
-        let mut spans: Vec<(usize, usize)> = Vec::new();
-        let mut metas: Vec<RecordMeta> = Vec::new();
+        let mut batch = RawBatch::with_capacity(self.batch_size);
         let mut routes: Vec<i32> = Vec::new();
         let mut last_error_log = Instant::now() - Duration::from_secs(60);
         let fallback = self.partition.rem_euclid(self.partitions);
         while !self.stop.load(Ordering::Relaxed) && !ended {
-            buf.clear();
-            spans.clear();
-            metas.clear();
+            batch.clear();
             let deadline = Instant::now() + self.linger;
-            while spans.len() < self.batch_size {
-                let timeout = if spans.is_empty() {
+            while batch.len() < self.batch_size {
+                let timeout = if batch.is_empty() {
                     Duration::from_millis(50)
                 } else {
                     deadline.saturating_duration_since(Instant::now())
                 };
                 match consumer.poll(timeout) {
                     None => break,
-                    Some(Ok(m)) => push_record(&m, &mut buf, &mut spans, &mut metas),
+                    Some(Ok(m)) => batch.push(&m),
                     Some(Err(KafkaError::PartitionEOF(_))) => {
                         if table.bounded {
                             ended = true;
@@ -389,10 +383,11 @@ impl MapTask {
                     }
                 }
             }
-            if !spans.is_empty() {
+            if !batch.is_empty() {
+                let RawBatch { buf, spans, metas } = &batch;
                 // Records that do not decode go on as they are: the task that
                 // reads them dead-letters them, with the reason, exactly once.
-                let decoded = decoder.decode(&buf, &spans, &metas)?;
+                let decoded = decoder.decode(buf, spans, metas)?;
                 routes.clear();
                 routes.resize(spans.len(), fallback);
                 let rows = decoded.batch.num_rows();

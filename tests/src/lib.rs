@@ -149,7 +149,7 @@ impl Drop for Tansu {
 }
 
 pub fn create_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
-    weir::kafka::ensure_topic(brokers, topic, partitions, Duration::from_secs(10))
+    weir::topics::ensure_topic(brokers, topic, partitions, &[])
 }
 
 /// A record to produce.

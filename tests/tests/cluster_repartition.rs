@@ -133,7 +133,7 @@ fn replay(brokers: &str, topic: &str, partitions: i32, per_partition: usize) -> 
             .expect("a partition");
     }
     consumer.assign(&tpl).expect("assigned");
-    let sink = weir::task::Sink::new(&weir::kafka::producer_config(brokers, &Default::default()))
+    let sink = weir::sink::Sink::new(&weir::kafka::producer_config(brokers, &Default::default()))
         .expect("a producer");
     let mut copied = vec![0usize; partitions as usize];
     // The map tasks' positions count records handed to their producers, not

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use weir::changelog::await_handover;
 use weir::kafka::producer_config;
-use weir::task::Sink;
+use weir::sink::Sink;
 use weir_tests::{Tansu, create_topic};
 
 const OWNER: &str = "00000000000000aa";

@@ -16,12 +16,13 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use super::status::WorkerStatus;
-use super::worker::WorkerShared;
+use super::status::{StatusSource, WorkerStatus};
+
+type Source = Arc<dyn StatusSource>;
 
 /// Binds `addr` now (so a taken port fails the worker's start) and serves on
 /// a background thread.
-pub fn serve(addr: SocketAddr, shared: Arc<WorkerShared>) -> anyhow::Result<()> {
+pub fn serve(addr: SocketAddr, shared: Source) -> anyhow::Result<()> {
     let listener = std::net::TcpListener::bind(addr)
         .with_context(|| format!("binding the HTTP API to {addr}"))?;
     listener.set_nonblocking(true)?;
@@ -57,11 +58,11 @@ pub fn serve(addr: SocketAddr, shared: Arc<WorkerShared>) -> anyhow::Result<()> 
     Ok(())
 }
 
-async fn jobs(State(shared): State<Arc<WorkerShared>>) -> Json<WorkerStatus> {
+async fn jobs(State(shared): State<Source>) -> Json<WorkerStatus> {
     Json(shared.snapshot())
 }
 
-async fn metrics(State(shared): State<Arc<WorkerShared>>) -> impl IntoResponse {
+async fn metrics(State(shared): State<Source>) -> impl IntoResponse {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(Snapshot(shared.snapshot())));
     let mut text = String::new();

@@ -19,8 +19,9 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::kafka::{TopicFollower, ensure_topic_with, producer_config};
-use crate::task::Sink;
+use crate::kafka::{TopicFollower, producer_config};
+use crate::sink::Sink;
+use crate::topics::ensure_cluster_topic;
 
 /// The default registry topic.
 pub const REGISTRY_TOPIC: &str = "weir-jobs";
@@ -149,14 +150,7 @@ impl Registry {
 
 /// Creates the registry topic (compacted, one partition) unless it exists.
 pub fn ensure_registry(bootstrap: &str, topic: &str) -> anyhow::Result<()> {
-    ensure_topic_with(
-        bootstrap,
-        topic,
-        1,
-        &[("cleanup.policy", "compact")],
-        Duration::from_secs(10),
-    )
-    .with_context(|| format!("creating the job registry topic '{topic}'"))
+    ensure_cluster_topic(bootstrap, topic, "job registry")
 }
 
 /// Follows the registry topic from its beginning.

@@ -6,10 +6,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
-use crate::kafka::{TopicFollower, ensure_topic_with};
+use crate::kafka::TopicFollower;
+use crate::topics::ensure_cluster_topic;
 
 /// The default status topic.
 pub const STATUS_TOPIC: &str = "weir-status";
@@ -77,15 +77,14 @@ pub struct ModelStatus {
     pub seconds: f64,
 }
 
+/// Whatever can say what a worker runs now (its HTTP API serves it).
+pub trait StatusSource: Send + Sync {
+    fn snapshot(&self) -> WorkerStatus;
+}
+
+/// Creates the status topic (compacted, one partition) unless it exists.
 pub fn ensure_status_topic(bootstrap: &str, topic: &str) -> anyhow::Result<()> {
-    ensure_topic_with(
-        bootstrap,
-        topic,
-        1,
-        &[("cleanup.policy", "compact")],
-        Duration::from_secs(10),
-    )
-    .with_context(|| format!("creating the status topic '{topic}'"))
+    ensure_cluster_topic(bootstrap, topic, "status")
 }
 
 /// The newest status of every worker that reported within [`STATUS_STALE`].
