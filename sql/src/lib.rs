@@ -15,6 +15,7 @@ pub mod catalog;
 pub mod error;
 pub mod plan;
 pub mod planner;
+mod predict;
 pub mod source;
 pub mod statement;
 pub mod subst;
@@ -28,5 +29,6 @@ pub use plan::{
     Flow, GroupKey, LookupJoin, LookupKind, OverAggregate, OverCall, OverFrame, OverFunction,
     PipelinePlan, Stage, WindowAggregate,
 };
-pub use planner::{PREDICT, WINDOW_END, WINDOW_START, WINDOW_TIME, plan_pipeline, predict_model};
+pub use planner::{WINDOW_END, WINDOW_START, WINDOW_TIME, plan_pipeline};
+pub use predict::{PREDICT, predict_model};
 pub use statement::WindowKind;

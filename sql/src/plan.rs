@@ -456,7 +456,7 @@ impl fmt::Display for PipelinePlan {
                 for e in stage.exprs() {
                     let mut models = Vec::new();
                     let _ = e.apply(|e| {
-                        if let Some(m) = crate::planner::predict_model(e) {
+                        if let Some(m) = crate::predict::predict_model(e) {
                             models.push(m.to_string());
                         }
                         Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)

@@ -19,9 +19,8 @@ use datafusion::config::ConfigOptions;
 use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
 use datafusion::logical_expr::planner::{ContextProvider, ExprPlanner};
 use datafusion::logical_expr::{
-    AggregateUDF, ColumnarValue, Expr, ExprSchemable, LogicalPlan, LogicalPlanBuilder,
-    LogicalTableSource, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TableSource,
-    Volatility, WindowUDF, cast,
+    AggregateUDF, Expr, ExprSchemable, LogicalPlan, LogicalPlanBuilder, LogicalTableSource,
+    ScalarUDF, Signature, TableSource, Volatility, WindowUDF, cast,
 };
 use datafusion::optimizer::Analyzer;
 use datafusion::sql::planner::{ParserOptions, SqlToRel};
@@ -42,9 +41,12 @@ use crate::plan::{
     Flow, GroupKey, LookupJoin, LookupKind, OverAggregate, OverCall, OverFrame, OverFunction,
     PipelinePlan, Stage, WindowAggregate,
 };
+use crate::predict::PredictPlaceholder;
 use crate::source::{SqlFile, pos};
 use crate::statement::{QuerySpan, Statement, WindowKind, WindowTvf, parse_statements};
 use crate::subst::substitute;
+
+pub use crate::predict::{PREDICT, predict_model};
 
 pub const WINDOW_START: &str = "window_start";
 pub const WINDOW_END: &str = "window_end";
@@ -61,46 +63,6 @@ pub fn plan_pipeline(
     let file = SqlFile::new(path, text);
     let mut planner = Planner::new(&file, env, models);
     planner.run(text).map_err(|e| file.error(e))
-}
-
-/// The model name of a `predict(model, ...)` call, if `e` is one.
-pub fn predict_model(e: &Expr) -> Option<&str> {
-    match e {
-        Expr::ScalarFunction(f) if f.func.name() == PREDICT => match f.args.first() {
-            Some(Expr::Literal(ScalarValue::Utf8(Some(name)), _)) => Some(name.as_str()),
-            _ => None,
-        },
-        _ => None,
-    }
-}
-
-pub const PREDICT: &str = "predict";
-
-/// `predict` as the planner sees it: any arguments, a DOUBLE result. weir-operators
-/// binds each call to its model before anything runs.
-#[derive(Debug, PartialEq, Eq, Hash)]
-struct PredictPlaceholder {
-    signature: Signature,
-}
-
-impl ScalarUDFImpl for PredictPlaceholder {
-    fn name(&self) -> &str {
-        PREDICT
-    }
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-    fn return_type(&self, _args: &[DataType]) -> datafusion::common::Result<DataType> {
-        Ok(DataType::Float64)
-    }
-    fn invoke_with_args(
-        &self,
-        _args: ScalarFunctionArgs,
-    ) -> datafusion::common::Result<ColumnarValue> {
-        Err(DataFusionError::Internal(
-            "predict must be bound to its model before it runs".into(),
-        ))
-    }
 }
 
 struct Provider {
