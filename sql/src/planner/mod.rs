@@ -12,15 +12,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use datafusion::common::{
-    Column as DfColumn, DFSchema, DataFusionError, ScalarValue, TableReference,
-};
-use datafusion::config::ConfigOptions;
-use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
-use datafusion::logical_expr::planner::{ContextProvider, ExprPlanner};
+use datafusion::common::{Column as DfColumn, DFSchema, ScalarValue};
+use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::{
-    AggregateUDF, Expr, ExprSchemable, LogicalPlan, LogicalPlanBuilder, LogicalTableSource,
-    ScalarUDF, Signature, TableSource, Volatility, WindowUDF, cast,
+    Expr, ExprSchemable, LogicalPlan, LogicalPlanBuilder, LogicalTableSource, ScalarUDF, Signature,
+    Volatility, cast,
 };
 use datafusion::optimizer::Analyzer;
 use datafusion::sql::planner::{ParserOptions, SqlToRel};
@@ -36,7 +32,7 @@ use crate::catalog::{
     KafkaTable, ModelDef, ModelInspector, build_columns, build_table, check_setting,
     check_setting_value, did_you_mean,
 };
-use crate::error::{LResult, Located, PlanError, Pos};
+use crate::error::{LResult, Located, PlanError};
 use crate::plan::{
     Flow, GroupKey, LookupJoin, LookupKind, OverAggregate, OverCall, OverFrame, OverFunction,
     PipelinePlan, Stage, WindowAggregate,
@@ -45,6 +41,12 @@ use crate::predict::PredictPlaceholder;
 use crate::source::{SqlFile, pos};
 use crate::statement::{QuerySpan, Statement, WindowKind, WindowTvf, parse_statements};
 use crate::subst::substitute;
+
+mod locate;
+mod provider;
+
+use locate::parser_error;
+use provider::Provider;
 
 pub use crate::predict::{PREDICT, predict_model};
 
@@ -63,63 +65,6 @@ pub fn plan_pipeline(
     let file = SqlFile::new(path, text);
     let mut planner = Planner::new(&file, env, models);
     planner.run(text).map_err(|e| file.error(e))
-}
-
-struct Provider {
-    state: SessionState,
-    udfs: HashMap<String, Arc<ScalarUDF>>,
-    tables: HashMap<String, Arc<dyn TableSource>>,
-    options: ConfigOptions,
-}
-
-impl ContextProvider for Provider {
-    fn get_table_source(
-        &self,
-        name: TableReference,
-    ) -> datafusion::common::Result<Arc<dyn TableSource>> {
-        self.tables
-            .get(name.table())
-            .cloned()
-            .ok_or_else(|| DataFusionError::Plan(format!("table '{}' not found", name.table())))
-    }
-    fn get_function_meta(&self, name: &str) -> Option<Arc<ScalarUDF>> {
-        self.udfs.get(name).cloned()
-    }
-    fn get_higher_order_meta(
-        &self,
-        _name: &str,
-    ) -> Option<Arc<datafusion::logical_expr::HigherOrderUDF>> {
-        None
-    }
-    fn get_aggregate_meta(&self, name: &str) -> Option<Arc<AggregateUDF>> {
-        // `variance` is var_samp in Flink, PostgreSQL and DuckDB.
-        let name = if name == "variance" { "var_samp" } else { name };
-        self.state.aggregate_functions().get(name).cloned()
-    }
-    fn get_window_meta(&self, name: &str) -> Option<Arc<WindowUDF>> {
-        self.state.window_functions().get(name).cloned()
-    }
-    fn get_variable_type(&self, _names: &[String]) -> Option<DataType> {
-        None
-    }
-    fn options(&self) -> &ConfigOptions {
-        &self.options
-    }
-    fn udf_names(&self) -> Vec<String> {
-        self.udfs.keys().cloned().collect()
-    }
-    fn udaf_names(&self) -> Vec<String> {
-        self.state.aggregate_functions().keys().cloned().collect()
-    }
-    fn higher_order_function_names(&self) -> Vec<String> {
-        vec![]
-    }
-    fn udwf_names(&self) -> Vec<String> {
-        self.state.window_functions().keys().cloned().collect()
-    }
-    fn get_expr_planners(&self) -> &[Arc<dyn ExprPlanner>] {
-        self.state.expr_planners()
-    }
 }
 
 /// A window TVF registered as a table named `#N` for DataFusion.
@@ -550,52 +495,6 @@ impl<'a> Planner<'a> {
         }
     }
 
-    fn df_error(&self, e: DataFusionError, query: &QuerySpan) -> Located {
-        let at = e
-            .diagnostic()
-            .and_then(|d| d.span)
-            .map(|s| Pos::new(s.start.line, s.start.column))
-            .filter(|p| p.line > 0);
-        let message = clean_df_message(&e);
-        let at = at
-            .or_else(|| self.find_named_token(&message, query))
-            .unwrap_or(query.pos);
-        Located::new(at, message)
-    }
-
-    /// For errors DataFusion does not place: point at the first token in the query
-    /// that the message names in quotes or as "named X".
-    fn find_named_token(&self, message: &str, query: &QuerySpan) -> Option<Pos> {
-        let mut names = Vec::new();
-        for part in message.split('\'').skip(1).step_by(2) {
-            names.push(part.to_string());
-        }
-        if let Some(i) = message.find("named ") {
-            let rest = &message[i + 6..];
-            let name: String = rest
-                .chars()
-                .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '.')
-                .collect();
-            names.push(name.trim_end_matches('.').to_string());
-        }
-        let text = self.file.masked(query.range.clone(), &[]);
-        let dialect = GenericDialect {};
-        let tokens = datafusion::sql::sqlparser::tokenizer::Tokenizer::new(&dialect, &text)
-            .tokenize_with_location()
-            .ok()?;
-        for name in names {
-            let last = name.rsplit('.').next().unwrap_or(&name).to_string();
-            for t in &tokens {
-                if let Token::Word(w) = &t.token
-                    && (w.value == last || w.value.eq_ignore_ascii_case(&last))
-                {
-                    return Some(pos(t.span.start));
-                }
-            }
-        }
-        None
-    }
-
     fn plan_insert(
         &mut self,
         sink_name: &crate::statement::Spanned<String>,
@@ -711,10 +610,6 @@ impl<'a> Planner<'a> {
             output,
             key_columns,
         })
-    }
-
-    fn group_by_pos(&self, query: &QuerySpan) -> Pos {
-        self.find_word(query, "GROUP").unwrap_or(query.pos)
     }
 
     fn lower(&self, plan: &LogicalPlan, query: &QuerySpan) -> LResult<Chain> {
@@ -1068,48 +963,6 @@ impl<'a> Planner<'a> {
         Ok(chain)
     }
 
-    /// The position of the last word of the first run of `words` (any case,
-    /// whitespace between them) in the query.
-    fn find_words(&self, query: &QuerySpan, words: &[&str]) -> Option<Pos> {
-        let text = self.file.masked(query.range.clone(), &[]);
-        let dialect = GenericDialect {};
-        let tokens = datafusion::sql::sqlparser::tokenizer::Tokenizer::new(&dialect, &text)
-            .tokenize_with_location()
-            .ok()?;
-        let tokens: Vec<_> = tokens
-            .iter()
-            .filter(|t| !matches!(t.token, Token::Whitespace(_)))
-            .collect();
-        tokens.windows(words.len()).find_map(|run| {
-            let all = run.iter().zip(words).all(
-                |(t, w)| matches!(&t.token, Token::Word(x) if x.value.eq_ignore_ascii_case(w)),
-            );
-            all.then(|| pos(run[words.len() - 1].span.start))
-        })
-    }
-
-    /// The position of `qualifier` in the first `qualifier.name` of the query.
-    fn find_qualified(&self, query: &QuerySpan, qualifier: &str, name: &str) -> Option<Pos> {
-        let text = self.file.masked(query.range.clone(), &[]);
-        let dialect = GenericDialect {};
-        let tokens = datafusion::sql::sqlparser::tokenizer::Tokenizer::new(&dialect, &text)
-            .tokenize_with_location()
-            .ok()?;
-        let word =
-            |t: &Token, w: &str| matches!(t, Token::Word(x) if x.value.eq_ignore_ascii_case(w));
-        tokens.windows(3).find_map(|run| {
-            (word(&run[0].token, qualifier)
-                && run[1].token == Token::Period
-                && word(&run[2].token, name))
-            .then(|| pos(run[0].span.start))
-        })
-    }
-
-    /// The position of the first word `word` (any case) in the query.
-    fn find_word(&self, query: &QuerySpan, word: &str) -> Option<Pos> {
-        self.find_words(query, &[word])
-    }
-
     /// Lowers the OVER aggregates of one DataFusion `Window` node: every call
     /// must be a supported aggregate over a bounded frame that ends at the
     /// current row and is ordered by the source's event time.
@@ -1438,46 +1291,4 @@ fn describe_node(plan: &LogicalPlan) -> String {
         LogicalPlan::Distinct(_) => "SELECT DISTINCT".into(),
         other => format!("'{}'", other.display()),
     }
-}
-
-fn clean_df_message(e: &DataFusionError) -> String {
-    let mut m = e.strip_backtrace();
-    for prefix in [
-        "Error during planning: ",
-        "Schema error: ",
-        "SQL error: ",
-        "Optimizer rule",
-        "type_coercion\ncaused by\n",
-    ] {
-        if let Some(rest) = m.strip_prefix(prefix) {
-            m = rest.to_string();
-        }
-    }
-    m.replace("\ncaused by\n", ": ")
-}
-
-/// sqlparser reports "... at Line: 3, Column: 5"; move that into the position.
-fn parser_error(e: ParserError, fallback: Pos) -> Located {
-    let msg = match e {
-        ParserError::TokenizerError(m) | ParserError::ParserError(m) => m,
-        ParserError::RecursionLimitExceeded => "the query nests too deeply".to_string(),
-    };
-    if let Some(i) = msg.rfind(" at Line: ") {
-        let tail = &msg[i + " at Line: ".len()..];
-        let mut parts = tail.split(", Column: ");
-        let line = parts.next().and_then(|l| l.trim().parse::<u64>().ok());
-        let column = parts.next().and_then(|c| {
-            c.trim()
-                .trim_end_matches(|ch: char| !ch.is_ascii_digit())
-                .parse::<u64>()
-                .ok()
-        });
-        if let (Some(line), Some(column)) = (line, column) {
-            let text = msg[..i]
-                .replace("Expected: ", "expected ")
-                .replace(", found: ", ", found ");
-            return Located::new(Pos::new(line, column), text);
-        }
-    }
-    Located::new(fallback, msg)
 }
