@@ -7,11 +7,10 @@
 //! anything else is an error at the place in the file it came from.
 
 use std::collections::{BTreeMap, HashMap};
-use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::Arc;
 
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::{Column as DfColumn, DFSchema, ScalarValue};
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::{
@@ -20,17 +19,14 @@ use datafusion::logical_expr::{
 };
 use datafusion::optimizer::Analyzer;
 use datafusion::sql::planner::{ParserOptions, SqlToRel};
-use datafusion::sql::sqlparser::ast::{
-    self, FunctionArg, FunctionArgExpr, FunctionArguments, Spanned as _, Statement as SqlStatement,
-    visit_expressions_mut,
-};
+use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
 use datafusion::sql::sqlparser::tokenizer::Token;
 
 use crate::catalog::{
     KafkaTable, ModelDef, ModelInspector, build_columns, build_table, check_setting,
-    check_setting_value, did_you_mean,
+    check_setting_value,
 };
 use crate::error::{LResult, Located, PlanError};
 use crate::plan::{
@@ -39,20 +35,19 @@ use crate::plan::{
 };
 use crate::predict::PredictPlaceholder;
 use crate::source::{SqlFile, pos};
-use crate::statement::{QuerySpan, Statement, WindowKind, WindowTvf, parse_statements};
+use crate::statement::{QuerySpan, Statement, WindowKind, parse_statements};
 use crate::subst::substitute;
 
+mod bind;
 mod locate;
 mod provider;
+mod windows;
 
 use locate::parser_error;
 use provider::Provider;
 
 pub use crate::predict::{PREDICT, predict_model};
-
-pub const WINDOW_START: &str = "window_start";
-pub const WINDOW_END: &str = "window_end";
-pub const WINDOW_TIME: &str = "window_time";
+pub use windows::{WINDOW_END, WINDOW_START, WINDOW_TIME};
 
 /// Plans the text of a pipeline file. `env` resolves `${VAR}`s; `models`
 /// reads model metadata (the caller decides how models are loaded).
@@ -307,86 +302,6 @@ impl<'a> Planner<'a> {
         })
     }
 
-    fn register_tvf(&mut self, tvf: &WindowTvf) -> LResult<String> {
-        let Some(table) = self.tables.get(&tvf.table.value) else {
-            let hint = if self.views.contains_key(&tvf.table.value) {
-                " (windows read a source table directly, not a view)"
-            } else {
-                ""
-            };
-            return Err(Located::new(
-                tvf.table.pos,
-                format!("no source table named {}{hint}", tvf.table.value),
-            ));
-        };
-        let Some(wm) = table.watermark else {
-            return Err(Located::new(
-                tvf.table.pos,
-                format!(
-                    "table {} has no event time: declare WATERMARK FOR <column> AS <column> - INTERVAL ... to window it",
-                    table.name
-                ),
-            ));
-        };
-        let wm_column = &table.columns[wm.column].name;
-        if *wm_column != tvf.time_column.value {
-            return Err(Located::new(
-                tvf.time_column.pos,
-                format!(
-                    "DESCRIPTOR({}) must name {}'s event-time column, {wm_column} (the one its WATERMARK is declared on)",
-                    tvf.time_column.value, table.name
-                ),
-            ));
-        }
-        for column in &tvf.partition_by {
-            if !table.columns.iter().any(|c| c.name == column.value) {
-                let names: Vec<&str> = table.columns.iter().map(|c| c.name.as_str()).collect();
-                let hint = match crate::catalog::did_you_mean(&column.value, &names) {
-                    Some(s) => format!("did you mean {s}? "),
-                    None => String::new(),
-                };
-                return Err(Located::new(
-                    column.pos,
-                    format!(
-                        "PARTITION BY {}: table {} has no such column; {hint}columns: {}",
-                        column.value,
-                        table.name,
-                        names.join(", ")
-                    ),
-                ));
-            }
-        }
-        let name = format!("#{}", self.tvfs.len());
-        let mut fields: Vec<Field> = table
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| f.as_ref().clone())
-            .collect();
-        for w in [WINDOW_START, WINDOW_END, WINDOW_TIME] {
-            fields.push(Field::new(
-                w,
-                DataType::Timestamp(TimeUnit::Millisecond, None),
-                false,
-            ));
-        }
-        self.provider.tables.insert(
-            name.clone(),
-            Arc::new(LogicalTableSource::new(Arc::new(Schema::new(fields)))),
-        );
-        self.tvfs.insert(
-            name.clone(),
-            Tvf {
-                source: table.name.clone(),
-                partition_by: tvf.partition_by.iter().map(|c| c.value.clone()).collect(),
-                kind: tvf.kind,
-                offset_ms: tvf.offset_ms,
-                time_column: wm_column.clone(),
-            },
-        );
-        Ok(name)
-    }
-
     fn plan_query(&mut self, query: &QuerySpan) -> LResult<LogicalPlan> {
         let mut replacements = Vec::new();
         for tvf in &query.tvfs {
@@ -422,77 +337,6 @@ impl<'a> Planner<'a> {
         Analyzer::new()
             .execute_and_check(plan, &self.provider.options, |_, _| {})
             .map_err(|e| self.df_error(e, query))
-    }
-
-    /// `predict(fraud, a, b)`: the model is named by a bare identifier, which SQL
-    /// would read as a column. Check the model and its width here, where the
-    /// call's place in the file is known, and pass the name on as a string.
-    fn bind_predict_calls(&self, query: &mut ast::Query) -> LResult<()> {
-        let flow = visit_expressions_mut(query, |expr| {
-            let ast::Expr::Function(f) = expr else {
-                return ControlFlow::Continue(());
-            };
-            if !f.name.to_string().eq_ignore_ascii_case(PREDICT) {
-                return ControlFlow::Continue(());
-            }
-            let call_pos = f
-                .name
-                .0
-                .first()
-                .map(|p| pos(p.span().start))
-                .unwrap_or_default();
-            let FunctionArguments::List(list) = &mut f.args else {
-                return ControlFlow::Break(Located::new(
-                    call_pos,
-                    "predict needs arguments: predict(model, feature, ...)",
-                ));
-            };
-            let model_ident = match list.args.first() {
-                Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(ast::Expr::Identifier(ident)))) => {
-                    ident.clone()
-                }
-                _ => {
-                    return ControlFlow::Break(Located::new(
-                        call_pos,
-                        "predict's first argument is a model name: predict(model, feature, ...)",
-                    ));
-                }
-            };
-            let ident_pos = pos(model_ident.span.start);
-            let Some(model) = self.models.get(&model_ident.value) else {
-                let names: Vec<&str> = self.models.keys().map(String::as_str).collect();
-                let hint = match did_you_mean(&model_ident.value, &names) {
-                    Some(n) => format!(" (did you mean {n}?)"),
-                    None => String::new(),
-                };
-                return ControlFlow::Break(Located::new(
-                    ident_pos,
-                    format!(
-                        "unknown model {}{hint}: declare it with CREATE MODEL {} WITH ('path' = 'model.onnx')",
-                        model_ident.value, model_ident.value
-                    ),
-                ));
-            };
-            let features = list.args.len() - 1;
-            if features != model.info.inputs {
-                return ControlFlow::Break(Located::new(
-                    call_pos,
-                    format!(
-                        "model {} takes {} input features, but this predict call passes {features}",
-                        model.name, model.info.inputs
-                    ),
-                ));
-            }
-            list.args[0] = FunctionArg::Unnamed(FunctionArgExpr::Expr(ast::Expr::Value(
-                ast::Value::SingleQuotedString(model_ident.value.clone())
-                    .with_span(model_ident.span),
-            )));
-            ControlFlow::Continue(())
-        });
-        match flow {
-            ControlFlow::Break(e) => Err(e),
-            ControlFlow::Continue(()) => Ok(()),
-        }
     }
 
     fn plan_insert(
@@ -1170,76 +1014,6 @@ impl<'a> Planner<'a> {
             output: w.schema.clone(),
             ttl_ms: None,
         })
-    }
-
-    /// Before the aggregate assigns rows to windows, window_start/end/time have
-    /// no value: they may only pass through to the GROUP BY, unchanged.
-    fn check_window_columns(
-        &self,
-        chain: &Chain,
-        aggregate: &datafusion::logical_expr::Aggregate,
-        query: &QuerySpan,
-    ) -> LResult<()> {
-        let is_window = |name: &str| [WINDOW_START, WINDOW_END, WINDOW_TIME].contains(&name);
-        let uses_window = |e: &Expr| e.column_refs().iter().any(|c| is_window(&c.name));
-        let misuse = |what: String| {
-            Err(Located::new(
-                query.tvfs.first().map(|t| t.pos).unwrap_or(query.pos),
-                format!(
-                    "{what} uses a window column before the GROUP BY assigns windows: window_start, window_end and window_time can be grouped by and used after the aggregation"
-                ),
-            ))
-        };
-        for stage in &chain.stages {
-            match stage {
-                Stage::Filter { predicate, .. } if uses_window(predicate) => {
-                    return misuse(format!("WHERE {}", predicate.human_display()));
-                }
-                Stage::Project { exprs, output, .. } => {
-                    for (i, e) in exprs.iter().enumerate() {
-                        let pass_through = matches!(e.clone().unalias(), Expr::Column(c) if c.name == *output.field(i).name());
-                        if uses_window(e) && !pass_through {
-                            return misuse(format!("{}", e.human_display()));
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-        for e in &aggregate.aggr_expr {
-            if uses_window(e) {
-                return misuse(format!("the aggregate {}", e.human_display()));
-            }
-            if let Expr::AggregateFunction(f) = e.clone().unalias()
-                && !f.params.order_by.is_empty()
-            {
-                return Err(Located::new(
-                    self.group_by_pos(query),
-                    format!(
-                        "{}: ORDER BY inside an aggregate is not supported in windows yet",
-                        e.human_display()
-                    ),
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    fn tvf_schema(&self, source: &KafkaTable) -> Schema {
-        let mut fields: Vec<Field> = source
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| f.as_ref().clone())
-            .collect();
-        for w in [WINDOW_START, WINDOW_END, WINDOW_TIME] {
-            fields.push(Field::new(
-                w,
-                DataType::Timestamp(TimeUnit::Millisecond, None),
-                false,
-            ));
-        }
-        Schema::new(fields)
     }
 
     fn scan_schema(
