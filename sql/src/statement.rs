@@ -1,3 +1,5 @@
+//! One file: one parser (the `Cursor` every statement's grammar shares, and the types it returns).
+//!
 //! Splits a pipeline file into statements and parses the parts that are not
 //! plain SQL queries: `SET`, `CREATE TABLE` (columns, metadata columns,
 //! `WATERMARK`, `WITH` options), `CREATE MODEL`, `CREATE VIEW ... AS`, and
