@@ -6,6 +6,11 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+// Child-process helpers shared with the end-to-end tests (standard library
+// only, so this crate needs no dependency on weir-tests).
+#[path = "../../tests/src/child.rs"]
+mod child;
+
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -48,9 +53,8 @@ fn fraud_example_prints_predictions_on_the_embedded_broker() {
             prediction = Some(line);
         }
     }
-    let pid = child.id() as i32;
     // SIGINT, as Ctrl-C sends.
-    interrupt(pid);
+    child::signal(child.id(), "INT").expect("kill -INT");
     let status = wait_with_deadline(&mut child, Duration::from_secs(60));
     let line = prediction.expect("a prediction within 120 s");
     let json = line.split_once("] ").expect("topic [key] value").1;
@@ -71,27 +75,16 @@ fn fraud_example_prints_predictions_on_the_embedded_broker() {
     );
 }
 
-fn interrupt(pid: i32) {
-    let status = Command::new("kill")
-        .args(["-INT", &pid.to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success());
-}
-
+/// Waits for `child` up to `timeout`; kills it and gives `None` past that.
 fn wait_with_deadline(
     child: &mut std::process::Child,
     timeout: Duration,
 ) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if let Some(s) = child.try_wait().expect("wait") {
-            return Some(s);
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    let status = child::wait_with_deadline(child, timeout);
+    if status.is_none() {
+        let _ = child.kill();
     }
-    let _ = child.kill();
-    None
+    status
 }
 
 /// `weir explain FILE`'s output; it must succeed.

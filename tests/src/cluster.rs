@@ -4,14 +4,12 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 
-pub use crate::weir_binary;
-use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use weir::cluster::status::WorkerStatus;
 
-use crate::read_all;
+use crate::process::weir;
 
 /// A `weir worker` process with its HTTP API.
 pub struct Worker {
@@ -30,7 +28,7 @@ impl Worker {
             .port();
         let http = format!("127.0.0.1:{port}");
         let log = dir.join(format!("{id}.log"));
-        let child = Command::new(weir_binary())
+        let child = weir("info")
             .args([
                 "worker",
                 "--brokers",
@@ -44,7 +42,6 @@ impl Worker {
                 "--state-dir",
             ])
             .arg(dir.join(&id))
-            .env("WEIR_LOG", "info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("a log file"))
             .spawn()
@@ -126,34 +123,5 @@ pub fn work_dir() -> (PathBuf, Option<tempfile::TempDir>) {
         (path, None)
     } else {
         (path, Some(tmp))
-    }
-}
-
-/// Window results by (the `key` column, window end); keys starting with
-/// "sentinel" (the events that fire the windows) left out. Each value gets
-/// its output offset as "@offset".
-pub type WindowResults = BTreeMap<(String, String), Vec<serde_json::Value>>;
-
-pub fn window_results(brokers: &str, topic: &str, key: &str) -> WindowResults {
-    let mut out = WindowResults::new();
-    for r in read_all(brokers, topic, Duration::from_secs(60)).expect("the output is read") {
-        let mut v: serde_json::Value = serde_json::from_slice(&r.value).expect("JSON output");
-        let k = v[key].as_str().expect("the key column").to_owned();
-        if k.starts_with("sentinel") {
-            continue;
-        }
-        let end = v["window_end"].to_string();
-        v["@offset"] = r.offset.into();
-        out.entry((k, end)).or_default().push(v);
-    }
-    out
-}
-
-/// Equal, floating-point numbers to 1e-9 relative (where checkpoints split a
-/// pane's sums differs between runs).
-pub fn close(a: &serde_json::Value, b: &serde_json::Value) -> bool {
-    match (a.as_f64(), b.as_f64()) {
-        (Some(x), Some(y)) => x == y || (x - y).abs() <= 1e-9 * x.abs().max(y.abs()),
-        _ => a == b,
     }
 }

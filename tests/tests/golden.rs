@@ -1,67 +1,84 @@
 //! Golden cases: every directory under tests/golden/cases is a pipeline, its
-//! input and its expected output (see tests/golden/README.md). This runner
-//! walks them all against one real broker (tansu) and reports every failure.
+//! input and its expected output (see tests/golden/README.md). Each case is
+//! one test named by its directory (`cargo test --release -p weir-tests
+//! --test golden 19-` runs the cases whose name contains "19-"), run in
+//! parallel against one test broker, started when the first case needs it
+//! and stopped before the process exits.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use libtest_mimic::{Arguments, Trial};
 use serde_json::Value;
-use weir::{RunOptions, load_pipeline, run_pipeline};
-use weir_tests::{Record, Tansu, create_topic, produce, read_all, workspace_root};
+use weir::{RunOptions, load_pipeline};
+use weir_tests::broker::{self, Broker};
+use weir_tests::compare::golden_eq;
+use weir_tests::kafka::{Record, create_topic, produce, read_all};
+use weir_tests::{Running, workspace_root};
+
+/// How long a case's bounded pipeline may run.
+const CASE_DEADLINE: Duration = Duration::from_secs(60);
 
 fn cases_dir() -> PathBuf {
     workspace_root().join("tests/golden/cases")
 }
 
-#[test]
-fn golden_cases() {
-    let broker = Tansu::start().expect("start the test broker");
-    let filter = std::env::var("GOLDEN").ok();
+/// The broker every case shares: started by the first case that needs one.
+#[derive(Default)]
+struct SharedBroker(Mutex<Option<Result<Arc<Broker>, String>>>);
+
+impl SharedBroker {
+    fn bootstrap(&self) -> anyhow::Result<String> {
+        let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let started = slot.get_or_insert_with(|| {
+            broker::start()
+                .map(Arc::new)
+                .map_err(|e| format!("starting the test broker: {e:#}"))
+        });
+        match started {
+            Ok(b) => Ok(b.bootstrap().to_owned()),
+            Err(e) => bail!("{e}"),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Arguments::from_args();
     let mut cases: Vec<PathBuf> = std::fs::read_dir(cases_dir())
         .expect("tests/golden/cases exists")
         .map(|e| e.expect("readable dir entry").path())
         .filter(|p| p.is_dir())
-        .filter(|p| {
-            filter
-                .as_ref()
-                .is_none_or(|f| p.to_string_lossy().contains(f.as_str()))
-        })
         .collect();
     cases.sort();
     assert!(!cases.is_empty(), "no golden cases found");
-    let mut failures = Vec::new();
-    for case in &cases {
-        let name = case.file_name().unwrap().to_string_lossy().to_string();
-        match run_case(case, &broker.brokers) {
-            Ok(()) => eprintln!("golden {name}: ok"),
-            Err(e) => {
-                eprintln!("golden {name}: FAILED: {e:#}");
-                failures.push(format!("{name}: {e:#}"));
-            }
-        }
-    }
-    eprintln!(
-        "golden: {} passed, {} failed",
-        cases.len() - failures.len(),
-        failures.len()
-    );
-    assert!(
-        failures.is_empty(),
-        "golden cases failed:\n{}",
-        failures.join("\n")
-    );
+    let broker = Arc::new(SharedBroker::default());
+    let trials = cases
+        .into_iter()
+        .map(|case| {
+            let name = case.file_name().unwrap().to_string_lossy().to_string();
+            let broker = broker.clone();
+            Trial::test(name, move || {
+                run_case(&case, &broker).map_err(|e| format!("{e:#}").into())
+            })
+        })
+        .collect();
+    let conclusion = libtest_mimic::run(&args, trials);
+    // The trials are gone: this is the last reference, and the broker stops
+    // here (Conclusion::exit would skip it).
+    drop(broker);
+    conclusion.exit_code()
 }
 
-fn run_case(case: &Path, brokers: &str) -> anyhow::Result<()> {
+fn run_case(case: &Path, broker: &SharedBroker) -> anyhow::Result<()> {
     let pipeline = case.join("pipeline.sql");
-    let brokers_owned = brokers.to_string();
-    let env = move |name: &str| (name == "KAFKA_BROKERS").then(|| brokers_owned.clone());
     let error_file = case.join("expected/error.txt");
     if error_file.exists() {
+        // Planning needs no broker: any address does.
+        let env = weir_tests::env("localhost:1");
         let expected = std::fs::read_to_string(&error_file)?;
         let err = match load_pipeline(&pipeline, &env) {
             Ok(_) => bail!("planning succeeded, but the case expects an error"),
@@ -91,35 +108,30 @@ fn run_case(case: &Path, brokers: &str) -> anyhow::Result<()> {
         return Ok(());
     }
 
+    let bootstrap = broker.bootstrap()?;
+    let brokers = bootstrap.as_str();
+    let env = weir_tests::env(brokers);
     produce_inputs(case, brokers)?;
     let loaded = load_pipeline(&pipeline, &env)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let timed_out = Arc::new(AtomicBool::new(false));
-    {
-        let (stop, timed_out) = (stop.clone(), timed_out.clone());
-        std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_secs(60));
-            if !stop.load(Ordering::Relaxed) {
-                timed_out.store(true, Ordering::Relaxed);
-                stop.store(true, Ordering::Relaxed);
-            }
-        });
-    }
     let case_name = case.file_name().unwrap().to_string_lossy().to_string();
     let state = tempfile::tempdir()?;
-    let summary = run_pipeline(
+    let run = Running::start(
         loaded,
         RunOptions {
-            stop: stop.clone(),
             print: Some(false),
             group_id: Some(format!("golden-{case_name}")),
             state_dir: Some(state.path().to_owned()),
+            ..Default::default()
         },
-    )?;
-    stop.store(true, Ordering::Relaxed);
-    if timed_out.load(Ordering::Relaxed) {
-        bail!("the bounded pipeline did not finish within 60 s");
-    }
+    );
+    // The bounded pipeline ends by itself; past the deadline it is stopped.
+    let Some(summary) = run.wait(CASE_DEADLINE) else {
+        bail!(
+            "the bounded pipeline did not finish within {} s",
+            CASE_DEADLINE.as_secs()
+        );
+    };
+    let summary = summary?;
 
     let mut tolerance = 1e-9;
     let counts = case.join("expected/counts.json");
@@ -272,7 +284,7 @@ fn compare_multisets(
     let mut unmatched: Vec<&Value> = actual.iter().collect();
     let mut missing = Vec::new();
     for e in expected {
-        match unmatched.iter().position(|a| json_eq(e, a, tol)) {
+        match unmatched.iter().position(|a| golden_eq(e, a, tol)) {
             Some(i) => {
                 unmatched.remove(i);
             }
@@ -295,43 +307,4 @@ fn compare_multisets(
         show(&missing),
         show(&unmatched)
     )
-}
-
-fn timestamp_ms(s: &str) -> Option<i64> {
-    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
-        return Some(t.timestamp_millis());
-    }
-    for f in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"] {
-        if let Ok(t) = chrono::NaiveDateTime::parse_from_str(s, f) {
-            return Some(t.and_utc().timestamp_millis());
-        }
-    }
-    None
-}
-
-fn json_eq(a: &Value, b: &Value, tol: f64) -> bool {
-    match (a, b) {
-        (Value::Number(x), Value::Number(y)) => {
-            let (x, y) = (
-                x.as_f64().unwrap_or(f64::NAN),
-                y.as_f64().unwrap_or(f64::NAN),
-            );
-            x == y
-                || (x - y).abs() <= tol * x.abs().max(y.abs()).max(1e-300)
-                || (x - y).abs() <= tol
-        }
-        (Value::String(x), Value::String(y)) => {
-            x == y || matches!((timestamp_ms(x), timestamp_ms(y)), (Some(p), Some(q)) if p == q)
-        }
-        (Value::Array(x), Value::Array(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| json_eq(p, q, tol))
-        }
-        (Value::Object(x), Value::Object(y)) => {
-            let null = Value::Null;
-            x.keys()
-                .chain(y.keys())
-                .all(|k| json_eq(x.get(k).unwrap_or(&null), y.get(k).unwrap_or(&null), tol))
-        }
-        (x, y) => x == y,
-    }
 }

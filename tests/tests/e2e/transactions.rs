@@ -1,6 +1,6 @@
 //! `'sink.transactional' = 'true'` against librdkafka's mock cluster, the one
-//! broker here that takes Kafka's transaction calls (tansu does not route
-//! EndTxn).
+//! broker here that takes Kafka's transaction calls (the test broker does not
+//! route EndTxn: tests/src/broker.rs).
 //!
 //! What this proves: weir drives the transactional protocol end to end
 //! (InitProducerId with its transactional.id, a transaction per checkpoint
@@ -17,18 +17,19 @@
 
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::Offset;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
-use rdkafka::{Offset, TopicPartitionList};
-use weir::{RunOptions, SourceSummary, load_pipeline, run_pipeline};
-use weir_tests::{Record, pipeline_file, produce, read_all, read_json};
+use weir::{RunOptions, SourceSummary, run_pipeline};
+use weir_tests::kafka::{Record, produce, read_all};
+use weir_tests::output::read_json;
+use weir_tests::{load, pipeline_file};
 
 const EVENTS: usize = 2_000;
 
 #[test]
 fn each_checkpoint_commits_one_transaction_and_no_plain_offset_commit() {
+    let _shared = crate::shared();
     let mock = MockCluster::new(1).unwrap();
     let b = mock.bootstrap_servers();
     mock.create_topic("tx-in", 2, 1).unwrap();
@@ -91,13 +92,13 @@ SET 'checkpoint.interval' = '1ms';
 SET 'execution.batch-size' = '100';
 CREATE TABLE tx (id BIGINT, card TEXT, ts TIMESTAMP(3), WATERMARK FOR ts AS ts)
   WITH ('connector' = 'kafka', 'topic' = 'tx-in', 'format' = 'json',
-  'properties.bootstrap.servers' = '{b}', 'scan.startup.mode' = 'earliest-offset',
+  'properties.bootstrap.servers' = '${{KAFKA_BROKERS}}', 'scan.startup.mode' = 'earliest-offset',
   'scan.bounded.mode' = 'latest-offset', 'dead-letter.topic' = '{prefix}-dlq');
 CREATE TABLE per_event WITH ('connector' = 'kafka', 'topic' = '{prefix}-out', 'format' = 'json',
-  'properties.bootstrap.servers' = '{b}', 'sink.delivery-guarantee' = 'exactly-once',
+  'properties.bootstrap.servers' = '${{KAFKA_BROKERS}}', 'sink.delivery-guarantee' = 'exactly-once',
   'sink.transactional' = '{transactional}');
 CREATE TABLE per_card WITH ('connector' = 'kafka', 'topic' = '{prefix}-win', 'format' = 'json',
-  'properties.bootstrap.servers' = '{b}', 'sink.delivery-guarantee' = 'exactly-once');
+  'properties.bootstrap.servers' = '${{KAFKA_BROKERS}}', 'sink.delivery-guarantee' = 'exactly-once');
 INSERT INTO per_event SELECT id FROM tx;
 INSERT INTO per_card
 SELECT card, window_end, count(*) AS n
@@ -106,7 +107,7 @@ GROUP BY card, window_start, window_end;
 "#
     ));
     let summary = run_pipeline(
-        load_pipeline(&path, &|_| None).unwrap(),
+        load(&path, &b),
         RunOptions {
             print: Some(false),
             group_id: Some(prefix.into()),
@@ -143,19 +144,5 @@ GROUP BY card, window_start, window_end;
 
 /// The group's committed offsets of both input partitions.
 fn committed(brokers: &str, group: &str) -> Vec<Offset> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", group)
-        .create()
-        .unwrap();
-    let mut query = TopicPartitionList::new();
-    query.add_partition("tx-in", 0);
-    query.add_partition("tx-in", 1);
-    consumer
-        .committed_offsets(query, Duration::from_secs(10))
-        .unwrap()
-        .elements()
-        .iter()
-        .map(|e| e.offset())
-        .collect()
+    weir_tests::kafka::committed(brokers, group, "tx-in", &[0, 1]).unwrap()
 }

@@ -3,14 +3,15 @@
 //! so it neither repeats nor skips input, and a window open at a graceful stop
 //! is whole after the restart.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
 use weir::{RunOptions, load_pipeline, run_pipeline};
-use weir_tests::{
-    Record, Tansu, create_topic, pipeline_file, produce, read_all, read_json, run_in_process,
-    wait_for,
-};
+use weir_tests::broker;
+use weir_tests::kafka::{Record, create_topic, produce, produce_unbatched, read_all};
+use weir_tests::output::{GroupBy, ids, read_until, window_results};
+use weir_tests::{Running, env, load, pipeline_file, run_in_process};
 
 fn events(from: usize, to: usize) -> Vec<Record> {
     (from..to)
@@ -36,8 +37,9 @@ fn a_second_run_without_state_resumes_from_committed_offsets() {
 }
 
 fn resume(prefix: &str, fresh_state: bool) {
-    let broker = Tansu::start().unwrap();
-    let b = &broker.brokers;
+    let _shared = crate::shared();
+    let broker = broker::start().unwrap();
+    let b = broker.bootstrap();
     let input = format!("{prefix}-in");
     let output = format!("{prefix}-out");
     create_topic(b, &input, 3).unwrap();
@@ -46,16 +48,16 @@ fn resume(prefix: &str, fresh_state: bool) {
         r#"
 SET 'checkpoint.interval' = '100ms';
 CREATE TABLE tx (id BIGINT, ts TIMESTAMP(3)) WITH ('connector' = 'kafka', 'topic' = '{input}',
-  'format' = 'json', 'properties.bootstrap.servers' = '{b}',
+  'format' = 'json', 'properties.bootstrap.servers' = '${{KAFKA_BROKERS}}',
   'scan.startup.mode' = 'group-offsets', 'scan.bounded.mode' = 'latest-offset');
 CREATE TABLE out WITH ('connector' = 'kafka', 'topic' = '{output}', 'format' = 'json',
-  'properties.bootstrap.servers' = '{b}');
+  'properties.bootstrap.servers' = '${{KAFKA_BROKERS}}');
 INSERT INTO out SELECT id, id * 2 AS twice FROM tx;
 "#
     ));
     let run = |state: &Path| {
         run_pipeline(
-            load_pipeline(&path, &|_| None).unwrap(),
+            load(&path, b),
             RunOptions {
                 print: Some(false),
                 group_id: Some(format!("{prefix}-group")),
@@ -76,27 +78,18 @@ INSERT INTO out SELECT id, id * 2 AS twice FROM tx;
         "the second run reads only the new records"
     );
 
-    let mut ids: Vec<i64> = read_json(b, &output)
-        .iter()
-        .map(|v| v["id"].as_i64().unwrap())
-        .collect();
-    ids.sort();
     assert_eq!(
-        ids,
+        ids(b, &output, "id"),
         (0..450).collect::<Vec<i64>>(),
         "every record exactly once"
     );
 }
 
-fn window_counts(brokers: &str, topic: &str) -> std::collections::BTreeMap<String, i64> {
-    read_json(brokers, topic)
-        .iter()
-        .map(|v| {
-            (
-                v["window_end"].as_str().unwrap().to_string(),
-                v["n"].as_i64().unwrap(),
-            )
-        })
+/// Window end -> count (the last result of each window).
+fn window_counts(brokers: &str, topic: &str) -> BTreeMap<String, i64> {
+    window_results(brokers, topic, GroupBy::Nothing)
+        .into_iter()
+        .map(|((_, end), written)| (end, written.last().unwrap().1["n"].as_i64().unwrap()))
         .collect()
 }
 
@@ -115,8 +108,9 @@ fn a_window_open_at_stop_is_complete_after_restart_without_state() {
 }
 
 fn window_across_restart(prefix: &str, fresh_state: bool) {
-    let broker = Tansu::start().unwrap();
-    let b = broker.brokers.clone();
+    let _shared = crate::shared();
+    let broker = broker::start().unwrap();
+    let b = broker.bootstrap().to_owned();
     let input = format!("{prefix}-in");
     let output = format!("{prefix}-out");
     create_topic(&b, &input, 1).unwrap();
@@ -129,53 +123,38 @@ fn window_across_restart(prefix: &str, fresh_state: bool) {
     };
     // Window [0, 60 s) gets 3 rows and fires at the row at 61 s; window [60, 120 s)
     // gets 2 rows before the stop and 2 after.
-    // One record per produce request: tansu answers a fetch from an offset in
-    // the middle of a record batch with the *next* batch, skipping the rest of
-    // the one it asked for, so resuming mid-batch would lose records there.
+    // The second run resumes mid-input: see produce_unbatched.
     let produce_each = |records: Vec<Record>| {
-        for r in records {
-            produce(&b, &input, &[r]).unwrap();
-        }
+        produce_unbatched(&b, &input, &records).unwrap();
     };
     produce_each(vec![at(1), at(2), at(3), at(61), at(62)]);
     let (dir, path) = pipeline_file(&format!(
         r#"
 SET 'checkpoint.interval' = '100ms';
 CREATE TABLE tx (ts TIMESTAMP(3), WATERMARK FOR ts AS ts) WITH ('connector' = 'kafka',
-  'topic' = '{input}', 'format' = 'json', 'properties.bootstrap.servers' = '{b}',
+  'topic' = '{input}', 'format' = 'json', 'properties.bootstrap.servers' = '${{KAFKA_BROKERS}}',
   'scan.startup.mode' = 'group-offsets');
 CREATE TABLE out WITH ('connector' = 'kafka', 'topic' = '{output}', 'format' = 'json',
-  'properties.bootstrap.servers' = '{b}');
+  'properties.bootstrap.servers' = '${{KAFKA_BROKERS}}');
 INSERT INTO out SELECT window_end, count(*) AS n
 FROM TABLE(TUMBLE(TABLE tx, DESCRIPTOR(ts), INTERVAL '1' MINUTE)) GROUP BY window_start, window_end;
 "#
     ));
     let start = |state: std::path::PathBuf| {
-        let loaded = load_pipeline(&path, &|_| None).unwrap();
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let s = stop.clone();
-        let group = format!("{prefix}-group");
-        let handle = std::thread::spawn(move || {
-            run_pipeline(
-                loaded,
-                RunOptions {
-                    stop: s,
-                    print: Some(false),
-                    group_id: Some(group),
-                    state_dir: Some(state),
-                },
-            )
-        });
-        (stop, handle)
+        Running::start(
+            load(&path, &b),
+            RunOptions {
+                print: Some(false),
+                group_id: Some(format!("{prefix}-group")),
+                state_dir: Some(state),
+                ..Default::default()
+            },
+        )
     };
-    let wait_for_windows = |n: usize| {
-        wait_for(Duration::from_secs(60), || {
-            let counts = window_counts(&b, &output);
-            (counts.len() >= n, counts)
-        })
-    };
+    let wait_for_windows =
+        |n: usize| read_until(Duration::from_secs(60), n, || window_counts(&b, &output));
 
-    let (stop, run) = start(dir.path().join("state"));
+    let run = start(dir.path().join("state"));
     let first = wait_for_windows(1);
     assert_eq!(
         first.values().copied().collect::<Vec<_>>(),
@@ -183,17 +162,15 @@ FROM TABLE(TUMBLE(TABLE tx, DESCRIPTOR(ts), INTERVAL '1' MINUTE)) GROUP BY windo
         "{first:?}"
     );
     // Stop while window [60, 120 s) is open: the final commit must not cover its rows.
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    run.join().unwrap().unwrap();
+    run.stop().unwrap();
 
     produce_each(vec![at(70), at(80), at(130)]);
-    let (stop, run) = start(
+    let run = start(
         dir.path()
             .join(if fresh_state { "fresh-state" } else { "state" }),
     );
     let counts = wait_for_windows(2);
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    run.join().unwrap().unwrap();
+    run.stop().unwrap();
     assert_eq!(
         read_all(&b, &output, Duration::from_secs(5)).unwrap().len(),
         2,
@@ -216,20 +193,21 @@ FROM TABLE(TUMBLE(TABLE tx, DESCRIPTOR(ts), INTERVAL '1' MINUTE)) GROUP BY windo
 /// with its position, on an exactly-once sink, which needs the header.
 #[test]
 fn a_sink_can_leave_the_id_header_off() {
-    let broker = Tansu::start().unwrap();
-    let b = &broker.brokers;
+    let _shared = crate::shared();
+    let broker = broker::start().unwrap();
+    let b = broker.bootstrap();
     create_topic(b, "ih-in", 3).unwrap();
     produce(b, "ih-in", &events(0, 50)).unwrap();
     let sql = |off_guarantee: &str| {
         format!(
             r#"
 CREATE TABLE tx (id BIGINT, ts TIMESTAMP(3)) WITH ('connector' = 'kafka', 'topic' = 'ih-in',
-  'format' = 'json', 'properties.bootstrap.servers' = '{b}',
+  'format' = 'json', 'properties.bootstrap.servers' = '${{KAFKA_BROKERS}}',
   'scan.startup.mode' = 'earliest-offset', 'scan.bounded.mode' = 'latest-offset');
 CREATE TABLE with_id WITH ('connector' = 'kafka', 'topic' = 'ih-with', 'format' = 'json',
-  'properties.bootstrap.servers' = '{b}');
+  'properties.bootstrap.servers' = '${{KAFKA_BROKERS}}');
 CREATE TABLE without_id WITH ('connector' = 'kafka', 'topic' = 'ih-without', 'format' = 'json',
-  'properties.bootstrap.servers' = '{b}', 'sink.delivery-guarantee' = '{off_guarantee}',
+  'properties.bootstrap.servers' = '${{KAFKA_BROKERS}}', 'sink.delivery-guarantee' = '{off_guarantee}',
   'sink.id-header' = 'false');
 INSERT INTO with_id SELECT id FROM tx;
 INSERT INTO without_id SELECT id FROM tx;
@@ -239,7 +217,7 @@ INSERT INTO without_id SELECT id FROM tx;
     let (dir, path) = pipeline_file(&sql("exactly-once"));
     let err = format!(
         "{:#}",
-        load_pipeline(&path, &|_| None).err().expect("refused")
+        load_pipeline(&path, &env(b)).err().expect("refused")
     );
     assert!(
         err.contains("pipeline.sql:9:22:") && err.contains("'sink.id-header' = 'false' needs"),
@@ -247,7 +225,7 @@ INSERT INTO without_id SELECT id FROM tx;
     );
 
     std::fs::write(&path, sql("at-least-once")).unwrap();
-    let stats = run_in_process(&path, dir.path());
+    let stats = run_in_process(&path, dir.path(), b);
     assert_eq!(stats.total().records_in, 50);
     let with = read_all(b, "ih-with", Duration::from_secs(30)).unwrap();
     let without = read_all(b, "ih-without", Duration::from_secs(30)).unwrap();

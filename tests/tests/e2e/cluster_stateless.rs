@@ -1,18 +1,19 @@
 //! A stateless scoring job (per-event predict, exactly-once sink) on two
-//! `weir worker`s against tansu: one worker is killed with SIGKILL while input
+//! `weir worker`s against the test broker: one worker is killed with SIGKILL while input
 //! arrives, and every input event must be scored exactly once. A task without
 //! operator state still checkpoints its input offsets and output positions to
 //! its changelog partition, so the partition's next owner resumes where the
 //! dead one's last checkpoint was and skips what it wrote since.
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::Duration;
 
-use weir_tests::cluster::{Worker, tasks, weir_binary, work_dir};
-use weir_tests::{
-    Record, Tansu, create_topic, produce_unbatched, read_all, wait_for, workspace_root,
-};
+use weir_tests::broker;
+use weir_tests::cluster::{Worker, tasks, work_dir};
+use weir_tests::kafka::{Record, create_topic, produce_unbatched, read_all};
+use weir_tests::output::read_until;
+use weir_tests::process::run_weir;
+use weir_tests::{wait_for, workspace_root, write_sql};
 
 const EVENTS: usize = 12_000;
 const PARTITIONS: i32 = 4;
@@ -54,8 +55,9 @@ fn event(i: usize) -> Record {
 
 #[test]
 fn a_stateless_job_scores_each_event_once_through_a_worker_kill() {
-    let broker = Tansu::start().expect("tansu starts");
-    let b = broker.brokers.clone();
+    let _alone = crate::exclusive();
+    let broker = broker::start().expect("the test broker starts");
+    let b = broker.bootstrap().to_owned();
     create_topic(&b, "events", PARTITIONS).expect("the input topic");
     let events: Vec<Record> = (0..EVENTS).map(event).collect();
     let half = EVENTS / 2;
@@ -68,7 +70,7 @@ fn a_stateless_job_scores_each_event_once_through_a_worker_kill() {
     // ships it by its relative path, `..` and all.
     std::fs::create_dir_all(dir.join("sql")).expect("sql/");
     std::fs::create_dir_all(dir.join("models")).expect("models/");
-    std::fs::write(dir.join("sql/scores.sql"), SQL).expect("the pipeline file");
+    let sql = write_sql(&dir.join("sql"), "scores.sql", SQL);
     std::fs::copy(
         workspace_root().join("examples/fraud/fraud.onnx"),
         dir.join("models/fraud.onnx"),
@@ -76,16 +78,11 @@ fn a_stateless_job_scores_each_event_once_through_a_worker_kill() {
     .expect("the model");
     let mut w1 = Worker::start(&b, dir, 1);
     let mut w2 = Worker::start(&b, dir, 2);
-    let out = Command::new(weir_binary())
-        .args([
-            "submit",
-            dir.join("sql/scores.sql").to_str().unwrap(),
-            "--brokers",
-            &b,
-        ])
-        .env("WEIR_LOG", "warn")
-        .output()
-        .expect("weir submit runs");
+    let out = run_weir(
+        &["submit", sql.to_str().unwrap(), "--brokers", &b],
+        &[],
+        "warn",
+    );
     assert!(
         out.status.success(),
         "the job is submitted: {}",
@@ -129,13 +126,13 @@ fn a_stateless_job_scores_each_event_once_through_a_worker_kill() {
         .expect("the second half");
 
     // Every event is scored once.
-    let before_stop = wait_for(Duration::from_secs(240), || {
+    let before_stop = read_until(Duration::from_secs(240), EVENTS, || {
         let mut ids: BTreeMap<i64, usize> = BTreeMap::new();
         for r in read_all(&b, "scores", Duration::from_secs(60)).unwrap_or_default() {
             let v: serde_json::Value = serde_json::from_slice(&r.value).expect("JSON output");
             *ids.entry(v["id"].as_i64().expect("id")).or_default() += 1;
         }
-        (ids.len() >= EVENTS, ids)
+        ids
     });
     assert!(
         before_stop.len() >= EVENTS,
@@ -151,11 +148,7 @@ fn a_stateless_job_scores_each_event_once_through_a_worker_kill() {
         )
     });
     // Nothing more is written once the job is stopped: read everything again.
-    let out = Command::new(weir_binary())
-        .args(["stop", "scores", "--brokers", &b])
-        .env("WEIR_LOG", "warn")
-        .output()
-        .expect("weir stop runs");
+    let out = run_weir(&["stop", "scores", "--brokers", &b], &[], "warn");
     assert!(
         out.status.success(),
         "weir stop: {}",

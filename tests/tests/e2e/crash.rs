@@ -1,4 +1,4 @@
-//! Crash recovery under fault injection, against tansu over TCP.
+//! Crash recovery under fault injection, against the test broker over TCP.
 //!
 //! A bounded pipeline (HOP window features + predict and a per-event flow,
 //! both exactly-once; a per-event at-least-once flow; a dead-letter topic)
@@ -25,9 +25,13 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use weir::generate::{FraudGenerator, fmt_ts};
-use weir_tests::{
-    Record, Tansu, create_topic, produce_unbatched, read_all, spawn_weir_run, workspace_root,
-};
+use weir_tests::broker;
+use weir_tests::child::wait_with_deadline;
+use weir_tests::compare::close;
+use weir_tests::kafka::{Record, create_topic, produce_unbatched, read_all};
+use weir_tests::output::{GroupBy, once, window_results};
+use weir_tests::process::spawn_weir_run;
+use weir_tests::{seed, workspace_root, write_sql};
 
 const EVENTS: usize = 120_000;
 const MIN_CRASHES: usize = 20;
@@ -87,15 +91,15 @@ CREATE TABLE transactions (
   card_id TEXT, merchant TEXT, amount DOUBLE, ts TIMESTAMP(3),
   WATERMARK FOR ts AS ts - INTERVAL '5' SECOND
 ) WITH ('connector' = 'kafka', 'topic' = 'cr-in', 'format' = 'json',
-  'properties.bootstrap.servers' = '${{BROKERS}}', 'scan.startup.mode' = 'earliest-offset',
+  'properties.bootstrap.servers' = '${{KAFKA_BROKERS}}', 'scan.startup.mode' = 'earliest-offset',
   'scan.bounded.mode' = 'latest-offset', 'dead-letter.topic' = '${{OUT}}-dlq');
 CREATE TABLE card_scores WITH ('connector' = 'kafka', 'topic' = '${{OUT}}-scores',
-  'format' = 'json', 'properties.bootstrap.servers' = '${{BROKERS}}', 'key.fields' = 'card_id',
+  'format' = 'json', 'properties.bootstrap.servers' = '${{KAFKA_BROKERS}}', 'key.fields' = 'card_id',
   'sink.delivery-guarantee' = 'exactly-once');
 CREATE TABLE big WITH ('connector' = 'kafka', 'topic' = '${{OUT}}-big', 'format' = 'json',
-  'properties.bootstrap.servers' = '${{BROKERS}}', 'sink.delivery-guarantee' = 'exactly-once');
+  'properties.bootstrap.servers' = '${{KAFKA_BROKERS}}', 'sink.delivery-guarantee' = 'exactly-once');
 CREATE TABLE alo WITH ('connector' = 'kafka', 'topic' = '${{OUT}}-alo', 'format' = 'json',
-  'properties.bootstrap.servers' = '${{BROKERS}}', 'key.fields' = 'card_id');
+  'properties.bootstrap.servers' = '${{KAFKA_BROKERS}}', 'key.fields' = 'card_id');
 CREATE MODEL fraud WITH ('path' = '{}');
 CREATE VIEW card_features AS
 SELECT card_id, window_start, window_end, count(*) AS n, avg(amount) AS avg_amount,
@@ -112,9 +116,7 @@ INSERT INTO alo SELECT card_id, merchant, amount, ts FROM transactions WHERE amo
 "#,
         model.display()
     );
-    let path = dir.join("crash.sql");
-    std::fs::write(&path, sql).unwrap();
-    path
+    write_sql(dir, "crash.sql", &sql)
 }
 
 enum Outcome {
@@ -133,57 +135,28 @@ fn run_once(
     log: &Path,
 ) -> Outcome {
     let mut child = spawn_weir_run(sql, brokers, out, state, fault, log);
-    let deadline = Instant::now() + kill_after.unwrap_or(Duration::from_secs(600));
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            if status.success() {
-                return Outcome::Finished;
-            }
-            assert!(
-                fault.is_some(),
-                "weir failed without an injected fault ({status}); see {}",
-                log.display()
-            );
-            return Outcome::Crashed;
-        }
-        if Instant::now() >= deadline {
-            assert!(kill_after.is_some(), "weir did not finish within 600 s");
-            child.kill().unwrap(); // SIGKILL
-            child.wait().unwrap();
-            return Outcome::Crashed;
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    let Some(status) =
+        wait_with_deadline(&mut child, kill_after.unwrap_or(Duration::from_secs(600)))
+    else {
+        assert!(kill_after.is_some(), "weir did not finish within 600 s");
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        return Outcome::Crashed;
+    };
+    if status.success() {
+        return Outcome::Finished;
     }
+    assert!(
+        fault.is_some(),
+        "weir failed without an injected fault ({status}); see {}",
+        log.display()
+    );
+    Outcome::Crashed
 }
 
 /// Window results by (key, window_end); a result written twice fails.
-fn scores(brokers: &str, topic: &str) -> BTreeMap<(Option<Vec<u8>>, String), serde_json::Value> {
-    let mut out = BTreeMap::new();
-    for (key, value) in contents(brokers, topic) {
-        let v: serde_json::Value = serde_json::from_slice(&value).unwrap();
-        let end = v["window_end"].as_str().unwrap().to_string();
-        let id = (key, end);
-        assert!(!out.contains_key(&id), "{topic}: {id:?} written twice: {v}");
-        out.insert(id, v);
-    }
-    out
-}
-
-/// Equal, with numbers equal to 1e-9 relative.
-fn same_json(a: &serde_json::Value, b: &serde_json::Value) -> bool {
-    use serde_json::Value;
-    match (a, b) {
-        (Value::Number(x), Value::Number(y)) => {
-            let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
-            x == y || (x - y).abs() <= 1e-9 * x.abs().max(y.abs())
-        }
-        (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len()
-                && x.iter()
-                    .all(|(k, v)| y.get(k).is_some_and(|w| same_json(v, w)))
-        }
-        _ => a == b,
-    }
+fn scores(brokers: &str, topic: &str) -> BTreeMap<(String, String), serde_json::Value> {
+    once(topic, window_results(brokers, topic, GroupBy::RecordKey))
 }
 
 /// (key, value) of every record, sorted: a multiset.
@@ -199,18 +172,15 @@ fn contents(brokers: &str, topic: &str) -> Vec<(Option<Vec<u8>>, Vec<u8>)> {
 
 #[test]
 fn exactly_once_output_survives_repeated_crashes() {
-    let seed: u64 = std::env::var("WEIR_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| rand::rng().random());
-    println!("crash test seed: {seed} (WEIR_CRASH_SEED={seed} replays it)");
+    let _alone = crate::exclusive();
+    let seed = seed("WEIR_CRASH_SEED");
     let mut rng = StdRng::seed_from_u64(seed);
 
-    let broker = Tansu::start().unwrap();
-    let b = &broker.brokers;
+    let broker = broker::start().unwrap();
+    let b = broker.bootstrap();
     create_topic(b, "cr-in", 1).unwrap();
     let (records, bad, late) = input();
-    // Resuming mid-batch loses records on tansu: see produce_unbatched.
+    // Resumed from checkpoints at any offset: see produce_unbatched.
     let produced = Instant::now();
     produce_unbatched(b, "cr-in", &records).unwrap();
     println!(
@@ -334,7 +304,7 @@ fn exactly_once_output_survives_repeated_crashes() {
         let c = crashed
             .get(id)
             .unwrap_or_else(|| panic!("{id:?} missing after crashes (seed {seed})"));
-        assert!(same_json(r, c), "{id:?}: {r} vs {c} (seed {seed})");
+        assert!(close(r, c), "{id:?}: {r} vs {c} (seed {seed})");
     }
     let mut sizes = BTreeMap::from([("scores", reference.len())]);
     for topic in ["big", "dlq"] {

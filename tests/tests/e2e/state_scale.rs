@@ -6,16 +6,12 @@
 //! changes (what the changelog topic carries). Each must produce exactly the
 //! expected per-key results. Timings are printed, not asserted.
 
-use std::path::Path;
-use std::sync::Arc;
 use std::time::Instant;
 
-use weir_operators::ids::{id_array, source_row_id};
 use weir_operators::watermark::{END_OF_TIME, START_OF_TIME};
-use weir_operators::{
-    Batch, Chain, Context, JsonDecoder, JsonEncoder, RecordMeta, StateAttachment, build_chain,
-};
+use weir_operators::{Context, JsonDecoder};
 use weir_state::{CheckpointMeta, TaskStore};
+use weir_tests::inprocess::{Flow, flow, rows_under, ts};
 
 const KEYS: u64 = 1_000_000;
 const BATCH: usize = 8192;
@@ -37,24 +33,18 @@ GROUP BY k, window_start, window_end;
 "#;
 
 struct Pipeline {
-    chain: Chain,
+    flow: Flow,
     /// The window operator's position in the chain.
     window: usize,
     decoder: JsonDecoder,
-    encoder: JsonEncoder,
 }
 
 fn pipeline() -> Pipeline {
-    let plan = weir::load::plan_text(Path::new("scale.sql"), SQL, &|_| None).unwrap();
-    let flow = &plan.flows[0];
-    let chain = build_chain(flow, &plan.tables, &Default::default()).unwrap();
-    let stateful = chain.stateful();
-    assert_eq!(stateful.len(), 1, "one stateful operator: the window");
+    let flow = flow("scale.sql", SQL);
     Pipeline {
-        window: stateful[0],
-        chain,
-        decoder: JsonDecoder::new(&plan.tables["ev"]),
-        encoder: JsonEncoder::new(flow.output.clone(), vec![]),
+        window: flow.only_stateful("the window"),
+        decoder: flow.decoder("ev"),
+        flow,
     }
 }
 
@@ -67,9 +57,7 @@ fn event(i: u64) -> String {
     };
     // Spread over the minute, in time order.
     let ms = 1_767_225_600_000 + (i * 59_000) / (2 * KEYS);
-    let ts = chrono::DateTime::from_timestamp_millis(ms as i64)
-        .unwrap()
-        .format("%Y-%m-%d %H:%M:%S%.3f");
+    let ts = ts(ms as i64);
     format!(r#"{{"k": {k}, "v": {v}, "ts": "{ts}"}}"#)
 }
 
@@ -79,28 +67,15 @@ fn feed(p: &mut Pipeline, from: u64, to: u64) -> usize {
     let mut i = from;
     while i < to {
         let end = (i + BATCH as u64).min(to);
-        let mut buf = Vec::new();
-        let mut spans = Vec::new();
-        let mut metas = Vec::new();
-        for j in i..end {
-            let s = buf.len();
-            buf.extend_from_slice(event(j).as_bytes());
-            spans.push((s, buf.len()));
-            buf.push(b'\n');
-            metas.push(RecordMeta {
-                partition: 0,
-                offset: j as i64,
-                timestamp: None,
-                key: None,
-            });
-        }
-        let decoded = p.decoder.decode(&buf, &spans, &metas).unwrap();
-        assert!(decoded.bad.is_empty());
-        let ids = id_array((i..end).map(|j| source_row_id(0, j as i64)));
-        let batch = Batch::uniform(decoded.batch, START_OF_TIME, Arc::new(ids));
-        let out = p.chain.process(batch, &mut Context::default()).unwrap();
+        let lines: Vec<String> = (i..end).map(event).collect();
+        let batch = rows_under(&p.decoder, &lines, i as usize, START_OF_TIME);
+        let out = p
+            .flow
+            .chain
+            .process(batch, &mut Context::default())
+            .unwrap();
         assert!(out.is_empty(), "nothing fires before the watermark moves");
-        most = most.max(p.chain.state_rows());
+        most = most.max(p.flow.chain.state_rows());
         i = end;
     }
     most
@@ -109,43 +84,33 @@ fn feed(p: &mut Pipeline, from: u64, to: u64) -> usize {
 /// Fires everything and checks every key's result; returns the rows.
 fn fire_and_check(p: &mut Pipeline) -> usize {
     let out = p
+        .flow
         .chain
         .advance_watermark(END_OF_TIME, &mut Context::default())
         .unwrap();
     let mut seen = vec![false; KEYS as usize];
     let mut rows = 0;
-    for b in out {
-        let encoded = p.encoder.encode(&b.data).unwrap();
-        for i in 0..encoded.len() {
-            let v: serde_json::Value = serde_json::from_slice(encoded.value(i)).unwrap();
-            let k = v["k"].as_u64().unwrap();
-            assert!(!seen[k as usize], "key {k} emitted twice");
-            seen[k as usize] = true;
-            assert_eq!(v["n"], 2, "{v}");
-            assert_eq!(v["s"].as_f64().unwrap(), k as f64 + 1.0, "{v}");
-            assert_eq!(v["d"], if k == 1 { 1 } else { 2 }, "{v}");
-            rows += 1;
-        }
+    for (_, json) in p.flow.encode(out) {
+        let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        let k = v["k"].as_u64().unwrap();
+        assert!(!seen[k as usize], "key {k} emitted twice");
+        seen[k as usize] = true;
+        assert_eq!(v["n"], 2, "{v}");
+        assert_eq!(v["s"].as_f64().unwrap(), k as f64 + 1.0, "{v}");
+        assert_eq!(v["d"], if k == 1 { 1 } else { 2 }, "{v}");
+        rows += 1;
     }
     assert_eq!(rows, KEYS as usize, "one result per key");
     rows
 }
 
 fn attach(p: &mut Pipeline, store: &TaskStore, fired_through: i64) {
-    p.chain
-        .attach_state(
-            p.window,
-            StateAttachment {
-                store: store.operator(CF).unwrap(),
-                fired_through,
-                memory_budget: BUDGET,
-            },
-        )
-        .unwrap();
+    p.flow.attach(p.window, store, CF, fired_through, BUDGET);
 }
 
 #[test]
 fn a_million_keys_in_a_small_cache_survive_a_crash_both_ways() {
+    let _alone = crate::exclusive();
     let local = tempfile::tempdir().unwrap();
     let elsewhere = tempfile::tempdir().unwrap();
     let cfs = vec![CF.to_string()];
@@ -163,7 +128,7 @@ fn a_million_keys_in_a_small_cache_survive_a_crash_both_ways() {
             most < KEYS as usize / 4,
             "the operator held {most} of {KEYS} keys in memory with a {BUDGET}-byte budget"
         );
-        p.chain.flush_state().unwrap();
+        p.flow.chain.flush_state().unwrap();
         let checkpointed = Instant::now();
         let stats = store
             .checkpoint(&CheckpointMeta {
@@ -182,7 +147,7 @@ fn a_million_keys_in_a_small_cache_survive_a_crash_both_ways() {
         chunks.extend(store.take_changes(256 << 10, true));
         // Lost in the crash: never checkpointed.
         feed(&mut p, KEYS + KEYS / 2, KEYS + KEYS / 2 + 50_000);
-        p.chain.flush_state().unwrap();
+        p.flow.chain.flush_state().unwrap();
     }
 
     // Restore from the local checkpoint and finish.

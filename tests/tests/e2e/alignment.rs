@@ -1,17 +1,17 @@
-//! Watermark alignment against tansu: a partition whose event time runs ahead
+//! Watermark alignment against the test broker: a partition whose event time runs ahead
 //! of the others is not read until they catch up, and nothing is lost.
 //!
 //! Partition 1's events are ten times sparser in event time than partition
 //! 0's, so reading the two alike puts partition 1 far ahead. The input is
 //! produced in record batches: a partition that is held back must go on
-//! where it stopped, not fetch again from inside a batch (tansu answers that
-//! with the next batch, which is how the pause/resume prototype lost
-//! records). Every event must be counted in its window exactly once, with
+//! where it stopped, not fetch again from inside a batch (the test broker
+//! answers that with the next batch, which is how the pause/resume prototype
+//! lost records: tests/src/broker.rs). Every event must be counted in its window exactly once, with
 //! and without alignment, and the run must report that alignment engaged.
 //!
 //! The run must see both partitions' data early and decide between small
-//! batches: fetches are capped at 16 KiB per partition (uncapped, tansu
-//! answers a fetch with one partition's data) and batches hold 200 rows (the
+//! batches: fetches are capped at 16 KiB per partition (uncapped, the test
+//! broker answers a fetch with one partition's data) and batches hold 200 rows (the
 //! decision is made after each batch). With 8,192-row batches and uncapped
 //! fetches, a run could take all of one partition and the end of the other
 //! in its first batch and never need to hold anything back. (The test failed
@@ -19,9 +19,12 @@
 //! likely that way; with both changes it passed six runs of six.)
 
 use std::collections::BTreeMap;
-use std::process::Command;
 
-use weir_tests::{Record, Tansu, create_topic, pipeline_file, produce, read_json, weir_binary};
+use weir_tests::broker;
+use weir_tests::kafka::{Record, create_topic, produce};
+use weir_tests::output::{GroupBy, once, window_results};
+use weir_tests::pipeline_file;
+use weir_tests::process::weir;
 
 const PER_PARTITION: i64 = 5_000;
 const START: i64 = 1_767_225_600_000;
@@ -49,19 +52,19 @@ SET 'execution.batch-size' = '200';
 CREATE TABLE ev (p INT, i BIGINT, ts TIMESTAMP(3),
   WATERMARK FOR ts AS ts - INTERVAL '1' SECOND
 ) WITH ('connector' = 'kafka', 'topic' = 'al-in', 'format' = 'json',
-  'properties.bootstrap.servers' = '{brokers}',
+  'properties.bootstrap.servers' = '${{KAFKA_BROKERS}}',
   'scan.startup.mode' = 'earliest-offset', 'scan.bounded.mode' = 'latest-offset',
   'scan.watermark.alignment.max-drift' = '{drift}',
   'properties.max.partition.fetch.bytes' = '16384');
 CREATE TABLE counts WITH ('connector' = 'kafka', 'topic' = '{out}', 'format' = 'json',
-  'properties.bootstrap.servers' = '{brokers}');
+  'properties.bootstrap.servers' = '${{KAFKA_BROKERS}}');
 INSERT INTO counts
 SELECT window_end, count(*) AS n
 FROM TABLE(TUMBLE(TABLE ev, DESCRIPTOR(ts), INTERVAL '10' MINUTE))
 GROUP BY window_start, window_end;
 "#
     ));
-    let output = Command::new(weir_binary())
+    let output = weir("info")
         .args([
             "run",
             path.to_str().unwrap(),
@@ -75,24 +78,24 @@ GROUP BY window_start, window_end;
         .expect("weir runs");
     let log = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(output.status.success(), "weir run failed:\n{log}");
-    let mut counts = BTreeMap::new();
-    for v in read_json(brokers, out) {
-        let end = v["window_end"].as_str().expect("window_end");
-        let end = chrono::DateTime::parse_from_rfc3339(end)
-            .map(|t| t.timestamp_millis())
-            .unwrap_or_else(|e| panic!("window_end {end}: {e}"));
-        assert!(
-            counts.insert(end, v["n"].as_i64().expect("n")).is_none(),
-            "window {end} emitted twice"
-        );
-    }
+    // Each window once.
+    let counts = once(out, window_results(brokers, out, GroupBy::Nothing))
+        .into_iter()
+        .map(|((_, end), v)| {
+            let end = chrono::DateTime::parse_from_rfc3339(&end)
+                .map(|t| t.timestamp_millis())
+                .unwrap_or_else(|e| panic!("window_end {end}: {e}"));
+            (end, v["n"].as_i64().expect("n"))
+        })
+        .collect();
     (log, counts)
 }
 
 #[test]
 fn a_partition_ahead_is_held_back_and_nothing_is_lost() {
-    let broker = Tansu::start().expect("tansu starts");
-    let b = &broker.brokers;
+    let _alone = crate::exclusive();
+    let broker = broker::start().expect("the test broker starts");
+    let b = broker.bootstrap();
     create_topic(b, "al-in", 2).expect("the input topic");
     let (records, expected) = events();
     produce(b, "al-in", &records).expect("the input");

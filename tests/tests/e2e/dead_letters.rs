@@ -3,14 +3,16 @@
 
 use std::time::Duration;
 
-use weir_tests::{
-    Record, Tansu, create_topic, pipeline_file, produce, read_all, read_json, run_in_process,
-};
+use weir_tests::broker;
+use weir_tests::kafka::{Record, create_topic, produce, read_all};
+use weir_tests::output::read_json;
+use weir_tests::{pipeline_file, run_in_process};
 
 #[test]
 fn bad_records_reach_the_dead_letter_topic_with_their_origin() {
-    let broker = Tansu::start().unwrap();
-    let b = &broker.brokers;
+    let _shared = crate::shared();
+    let broker = broker::start().unwrap();
+    let b = broker.bootstrap();
     create_topic(b, "dl-in", 1).unwrap();
     let good = |card: &str, ts: &str| Record {
         key: Some(card.as_bytes().to_vec()),
@@ -34,22 +36,21 @@ fn bad_records_reach_the_dead_letter_topic_with_their_origin() {
     produce(b, "dl-in", &records).unwrap();
 
     let (dir, path) = pipeline_file(
-        &r#"
+        r#"
 CREATE TABLE tx (card_id TEXT, amount DOUBLE, ts TIMESTAMP(3), WATERMARK FOR ts AS ts)
 WITH ('connector' = 'kafka', 'topic' = 'dl-in', 'format' = 'json',
-      'properties.bootstrap.servers' = 'BROKERS', 'scan.startup.mode' = 'earliest-offset',
+      'properties.bootstrap.servers' = '${KAFKA_BROKERS}', 'scan.startup.mode' = 'earliest-offset',
       'scan.bounded.mode' = 'latest-offset', 'dead-letter.topic' = 'dl-dlq');
 CREATE TABLE rows_out WITH ('connector' = 'kafka', 'topic' = 'dl-rows', 'format' = 'json',
-      'properties.bootstrap.servers' = 'BROKERS');
+      'properties.bootstrap.servers' = '${KAFKA_BROKERS}');
 CREATE TABLE totals WITH ('connector' = 'kafka', 'topic' = 'dl-totals', 'format' = 'json',
-      'properties.bootstrap.servers' = 'BROKERS');
+      'properties.bootstrap.servers' = '${KAFKA_BROKERS}');
 INSERT INTO rows_out SELECT card_id FROM tx;
 INSERT INTO totals SELECT card_id, window_end, count(*) AS n
 FROM TABLE(TUMBLE(TABLE tx, DESCRIPTOR(ts), INTERVAL '1' MINUTE)) GROUP BY card_id, window_start, window_end;
-"#
-        .replace("BROKERS", b),
+"#,
     );
-    let summary = run_in_process(&path, dir.path());
+    let summary = run_in_process(&path, dir.path(), b);
     let total = summary.total();
     assert_eq!(total.records_in, 6);
     assert_eq!(total.dead_lettered, 2);

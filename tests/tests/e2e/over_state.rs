@@ -7,18 +7,15 @@
 //! from the store at the end.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
-use std::sync::Arc;
 
-use datafusion::arrow::array::Int64Array;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use weir_operators::ids::{id_array, source_row_id};
 use weir_operators::watermark::{END_OF_TIME, START_OF_TIME};
-use weir_operators::{
-    Batch, Chain, Context, JsonDecoder, JsonEncoder, RecordMeta, StateAttachment, build_chain,
-};
+use weir_operators::{Batch, Context, JsonDecoder};
 use weir_state::{CheckpointMeta, TaskStore};
+use weir_tests::compare::near;
+use weir_tests::inprocess::{Flow, flow, rows, ts};
+use weir_tests::seed;
 
 const CF: &str = "flow0.op0";
 const DELAY_MS: i64 = 2_000;
@@ -104,51 +101,29 @@ fn reference(evs: &[Event]) -> Vec<(i64, f64, f64)> {
 }
 
 struct Pipeline {
-    chain: Chain,
+    flow: Flow,
     over: usize,
     decoder: JsonDecoder,
-    encoder: JsonEncoder,
 }
 
 fn pipeline() -> Pipeline {
-    let plan = weir::load::plan_text(Path::new("over.sql"), SQL, &|_| None).unwrap();
-    let flow = &plan.flows[0];
-    let chain = build_chain(flow, &plan.tables, &Default::default()).unwrap();
-    let stateful = chain.stateful();
-    assert_eq!(stateful.len(), 1, "one stateful operator: the OVER");
+    let flow = flow("over.sql", SQL);
     Pipeline {
-        over: stateful[0],
-        chain,
-        decoder: JsonDecoder::new(&plan.tables["ev"]),
-        encoder: JsonEncoder::new(flow.output.clone(), vec![]),
+        over: flow.only_stateful("the OVER"),
+        decoder: flow.decoder("ev"),
+        flow,
     }
 }
 
 fn attach(p: &mut Pipeline, store: &TaskStore, fired_through: i64, budget: usize) {
-    p.chain
-        .attach_state(
-            p.over,
-            StateAttachment {
-                store: store.operator(CF).unwrap(),
-                fired_through,
-                memory_budget: budget,
-            },
-        )
-        .unwrap();
+    p.flow.attach(p.over, store, CF, fired_through, budget);
 }
 
 /// Output rows by input offset, as JSON bytes.
 type Emitted = BTreeMap<i64, Vec<u8>>;
 
 fn collect(p: &Pipeline, out: Vec<Batch>, emitted: &mut Vec<(i64, Vec<u8>)>) {
-    for b in out {
-        let encoded = p.encoder.encode(&b.data).unwrap();
-        for i in 0..encoded.len() {
-            let (_, offset) =
-                weir_operators::ids::parse_source_row_id(b.ids.value(i)).expect("a source id");
-            emitted.push((offset, encoded.value(i).to_vec()));
-        }
-    }
+    emitted.extend(p.flow.encode_by_offset(out));
 }
 
 /// Feeds events `from..to`, advancing the watermark after each batch; returns
@@ -165,26 +140,15 @@ fn feed(
     let mut i = from;
     while i < to {
         let end = (i + BATCH).min(to);
-        let mut buf = Vec::new();
-        let mut spans = Vec::new();
-        let mut metas = Vec::new();
+        let mut lines = Vec::new();
         let mut arrival = Vec::new();
-        for (j, e) in evs.iter().enumerate().take(end).skip(i) {
-            let ts = chrono::DateTime::from_timestamp_millis(e.ts)
-                .unwrap()
-                .format("%Y-%m-%d %H:%M:%S%.3f");
-            let s = buf.len();
-            buf.extend_from_slice(
-                format!(r#"{{"k": {}, "v": {}, "ts": "{ts}"}}"#, e.k, e.v).as_bytes(),
-            );
-            spans.push((s, buf.len()));
-            buf.push(b'\n');
-            metas.push(RecordMeta {
-                partition: 0,
-                offset: j as i64,
-                timestamp: None,
-                key: None,
-            });
+        for e in &evs[i..end] {
+            lines.push(format!(
+                r#"{{"k": {}, "v": {}, "ts": "{}"}}"#,
+                e.k,
+                e.v,
+                ts(e.ts)
+            ));
             arrival.push(if max_ts == START_OF_TIME {
                 START_OF_TIME
             } else {
@@ -192,19 +156,13 @@ fn feed(
             });
             max_ts = max_ts.max(e.ts);
         }
-        let decoded = p.decoder.decode(&buf, &spans, &metas).unwrap();
-        assert!(decoded.bad.is_empty());
-        let ids = id_array((i..end).map(|j| source_row_id(0, j as i64)));
-        let batch = Batch::new(
-            decoded.batch,
-            Arc::new(Int64Array::from(arrival)),
-            Arc::new(ids),
-        );
+        let batch = rows(&p.decoder, &lines, i, arrival);
         let mut ctx = Context::default();
-        let out = p.chain.process(batch, &mut ctx).unwrap();
+        let out = p.flow.chain.process(batch, &mut ctx).unwrap();
         assert_eq!(ctx.late_rows, 0, "no row is late");
         collect(p, out, emitted);
         let out = p
+            .flow
             .chain
             .advance_watermark(max_ts - DELAY_MS, &mut ctx)
             .unwrap();
@@ -223,22 +181,15 @@ fn check(evs: &[Event], emitted: &Emitted) {
         let (n, s, mx) = expected[offset as usize];
         assert_eq!(v["n"], n, "row {offset}: {v}");
         let got = v["s"].as_f64().unwrap();
-        assert!(
-            (got - s).abs() <= 1e-9 * s.abs().max(1.0),
-            "row {offset}: sum {got} != {s}: {v}"
-        );
+        assert!(near(s, got), "row {offset}: sum {got} != {s}: {v}");
         assert_eq!(v["mx"].as_f64().unwrap(), mx, "row {offset}: {v}");
     }
 }
 
 #[test]
 fn over_results_match_a_naive_reference_through_eviction_crash_and_restore() {
-    let seed = std::env::var("OVER_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random::<u64>);
-    println!("seed {seed} (replay with OVER_SEED={seed})");
-    let evs = events(seed);
+    let _shared = crate::shared();
+    let evs = events(seed("OVER_SEED"));
     let n = evs.len();
     let cfs = vec![CF.to_string()];
     let dir = tempfile::tempdir().unwrap();
@@ -250,6 +201,7 @@ fn over_results_match_a_naive_reference_through_eviction_crash_and_restore() {
     let mut plain = Vec::new();
     let max_ts = feed(&mut p, &evs, 0, n, START_OF_TIME, &mut plain, |_, _, _| {});
     let out = p
+        .flow
         .chain
         .advance_watermark(END_OF_TIME, &mut Context::default())
         .unwrap();
@@ -276,12 +228,12 @@ fn over_results_match_a_naive_reference_through_eviction_crash_and_restore() {
             START_OF_TIME,
             &mut first,
             |p, end, max_ts| {
-                most_in_memory = most_in_memory.max(p.chain.state_rows());
+                most_in_memory = most_in_memory.max(p.flow.chain.state_rows());
                 if end % (10 * BATCH) == 0 {
-                    p.chain.flush_state().unwrap();
+                    p.flow.chain.flush_state().unwrap();
                 }
                 if end == checkpoint_at {
-                    p.chain.flush_state().unwrap();
+                    p.flow.chain.flush_state().unwrap();
                     store
                         .checkpoint(&CheckpointMeta {
                             id: 1,
@@ -317,11 +269,12 @@ fn over_results_match_a_naive_reference_through_eviction_crash_and_restore() {
         |_, _, _| {},
     );
     let out = p
+        .flow
         .chain
         .advance_watermark(END_OF_TIME, &mut Context::default())
         .unwrap();
     collect(&p, out, &mut second);
-    p.chain.flush_state().unwrap();
+    p.flow.chain.flush_state().unwrap();
 
     // Output before the crash, then the replay: a row emitted in both must be
     // byte-identical; together they are exactly the input rows.

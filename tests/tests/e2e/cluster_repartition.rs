@@ -13,12 +13,16 @@
 //! (merchant, window) result must be there exactly once and equal to `weir run`
 //! over the same input; a record that is not JSON is dead-lettered once.
 
-use std::process::Command;
 use std::time::Duration;
 
 use weir::generate::FraudGenerator;
-use weir_tests::cluster::{Worker, close, weir_binary, window_results, work_dir};
-use weir_tests::{Record, Tansu, create_topic, produce_unbatched, read_all, wait_for};
+use weir_tests::broker;
+use weir_tests::cluster::{Worker, work_dir};
+use weir_tests::compare::close;
+use weir_tests::kafka::{Record, consumer, create_topic, produce_unbatched, read_all};
+use weir_tests::output::{GroupBy, read_until, window_results};
+use weir_tests::process::run_weir;
+use weir_tests::{wait_for, write_sql};
 
 const EVENTS: usize = 16_000;
 const PARTITIONS: i32 = 4;
@@ -115,18 +119,12 @@ fn task_positions(workers: &[&Worker]) -> Vec<(String, String, i32, i64)> {
 /// Sends the first `per_partition` data records of each partition of
 /// `topic` to the same partition again, headers and all: a map task's replay.
 fn replay(brokers: &str, topic: &str, partitions: i32, per_partition: usize) -> usize {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::consumer::Consumer;
     use rdkafka::message::{Headers, Message};
     use rdkafka::producer::BaseRecord;
-    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+    use rdkafka::{Offset, TopicPartitionList};
 
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "test-replay")
-        .set("enable.partition.eof", "true")
-        .set("fetch.wait.max.ms", "10")
-        .create()
-        .expect("a consumer");
+    let consumer = consumer(brokers, "test-replay").expect("a consumer");
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition_offset(topic, p, Offset::Beginning)
@@ -168,18 +166,14 @@ fn replay(brokers: &str, topic: &str, partitions: i32, per_partition: usize) -> 
 }
 
 fn weir(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
-    let mut c = Command::new(weir_binary());
-    c.args(args).env("WEIR_LOG", "info");
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c.output().expect("weir runs")
+    run_weir(args, env, "info")
 }
 
 #[test]
 fn a_job_keyed_off_the_input_key_repartitions_and_matches_one_process() {
-    let broker = Tansu::start().expect("tansu starts");
-    let b = broker.brokers.clone();
+    let _alone = crate::exclusive();
+    let broker = broker::start().expect("the test broker starts");
+    let b = broker.bootstrap().to_owned();
     create_topic(&b, "transactions", PARTITIONS).expect("the input topic");
     let (events, sentinels) = input();
     let half = events.len() / 2;
@@ -187,16 +181,11 @@ fn a_job_keyed_off_the_input_key_repartitions_and_matches_one_process() {
 
     let (dir_path, _tmp) = work_dir();
     let dir = dir_path.as_path();
-    std::fs::write(dir.join("by-merchant.sql"), SQL).expect("the pipeline file");
+    let sql = write_sql(dir, "by-merchant.sql", SQL);
     let mut w1 = Worker::start(&b, dir, 1);
     let mut w2 = Worker::start(&b, dir, 2);
     let out = weir(
-        &[
-            "submit",
-            dir.join("by-merchant.sql").to_str().unwrap(),
-            "--brokers",
-            &b,
-        ],
+        &["submit", sql.to_str().unwrap(), "--brokers", &b],
         &[
             ("SINK", "merchant-minutes"),
             ("DLQ", "transactions-dlq"),
@@ -296,7 +285,7 @@ fn a_job_keyed_off_the_input_key_repartitions_and_matches_one_process() {
     let out = weir(
         &[
             "run",
-            dir.join("by-merchant.sql").to_str().unwrap(),
+            sql.to_str().unwrap(),
             "--state-dir",
             dir.join("reference").to_str().unwrap(),
         ],
@@ -312,16 +301,15 @@ fn a_job_keyed_off_the_input_key_repartitions_and_matches_one_process() {
         "the reference run: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let expected = window_results(&b, "reference-minutes", "merchant");
+    let expected = window_results(&b, "reference-minutes", GroupBy::Column("merchant"));
     assert!(
         expected.len() > 500,
         "the reference has results: {}",
         expected.len()
     );
 
-    let got = wait_for(Duration::from_secs(300), || {
-        let got = window_results(&b, "merchant-minutes", "merchant");
-        (got.len() >= expected.len(), got)
+    let got = read_until(Duration::from_secs(300), expected.len(), || {
+        window_results(&b, "merchant-minutes", GroupBy::Column("merchant"))
     });
     let missing: Vec<_> = expected
         .keys()
@@ -350,20 +338,20 @@ fn a_job_keyed_off_the_input_key_repartitions_and_matches_one_process() {
         "results written more than once: {repeated:?}"
     );
     for (k, want) in &expected {
-        let have = &got[k][0];
+        let have = &got[k][0].1;
+        let want = &want[0].1;
         for field in ["n", "total", "max_amount", "cards"] {
             assert!(
-                close(&have[field], &want[0][field]),
+                close(&have[field], &want[field]),
                 "{k:?} {field}: cluster {} vs one process {}",
                 have[field],
-                want[0][field]
+                want[field]
             );
         }
     }
     // The record that is not JSON is dead-lettered once, with its reason.
-    let dead = wait_for(Duration::from_secs(60), || {
-        let d = read_all(&b, "transactions-dlq", Duration::from_secs(30)).unwrap_or_default();
-        (!d.is_empty(), d)
+    let dead = read_until(Duration::from_secs(60), 1, || {
+        read_all(&b, "transactions-dlq", Duration::from_secs(30)).unwrap_or_default()
     });
     let reasons: Vec<_> = dead
         .iter()

@@ -1,15 +1,20 @@
-//! The filesystem source against tansu: a directory of JSON-lines files gives
+//! The filesystem source against the test broker: a directory of JSON-lines files gives
 //! the window results the same records give from a one-partition topic, its
 //! malformed line is dead-lettered naming the file and line, and a run killed
 //! at a checkpoint step resumes at the right line with exactly-once output.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use weir::generate::{FraudGenerator, fmt_ts};
-use weir_tests::cluster::{WindowResults, close, window_results};
-use weir_tests::{Record, Tansu, create_topic, produce, read_all, spawn_weir_run};
+use weir_tests::broker;
+use weir_tests::child::wait_with_deadline;
+use weir_tests::compare::close;
+use weir_tests::kafka::{Record, create_topic, produce, read_all};
+use weir_tests::output::{GroupBy, WindowResults, window_results};
+use weir_tests::process::spawn_weir_run;
+use weir_tests::write_sql;
 
 const EVENTS: usize = 30_000;
 
@@ -47,7 +52,7 @@ CREATE TABLE transactions (
   WATERMARK FOR ts AS ts - INTERVAL '5' SECOND
 ) WITH ({source}, 'format' = 'json', 'dead-letter.topic' = '${{OUT}}-dlq');
 CREATE TABLE features WITH ('connector' = 'kafka', 'topic' = '${{OUT}}', 'format' = 'json',
-  'properties.bootstrap.servers' = '${{BROKERS}}', 'key.fields' = 'card_id',
+  'properties.bootstrap.servers' = '${{KAFKA_BROKERS}}', 'key.fields' = 'card_id',
   'sink.delivery-guarantee' = 'exactly-once');
 INSERT INTO features
 SELECT card_id, window_start, window_end, count(*) AS n, avg(amount) AS avg_amount,
@@ -57,9 +62,7 @@ FROM TABLE(HOP(TABLE transactions, DESCRIPTOR(ts), INTERVAL '1' MINUTE, INTERVAL
 GROUP BY card_id, window_start, window_end;
 "#
     );
-    let path = dir.join(format!("p{}.sql", source.len()));
-    std::fs::write(&path, text).unwrap();
-    path
+    write_sql(dir, &format!("p{}.sql", source.len()), &text)
 }
 
 /// Runs `weir run` to its end (or to its injected fault); returns whether it
@@ -67,16 +70,9 @@ GROUP BY card_id, window_start, window_end;
 fn run(sql: &Path, brokers: &str, out: &str, state: &Path, fault: Option<&str>) -> (bool, String) {
     let log = state.with_extension("log");
     let mut child = spawn_weir_run(sql, brokers, out, state, fault, &log);
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            panic!("weir did not finish within 300 s; see {}", log.display());
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let Some(status) = wait_with_deadline(&mut child, Duration::from_secs(300)) else {
+        child.kill().unwrap();
+        panic!("weir did not finish within 300 s; see {}", log.display());
     };
     (status.success(), std::fs::read_to_string(&log).unwrap())
 }
@@ -94,22 +90,21 @@ fn assert_same(what: &str, got: &WindowResults, want: &WindowResults) {
             panic!("{what}: no result for {id:?}");
         };
         assert_eq!(rows.len(), 1, "{what}: {id:?} written {} times", rows.len());
-        for (k, v) in expected[0].as_object().unwrap() {
-            if k != "@offset" {
-                assert!(
-                    close(&rows[0][k], v),
-                    "{what}: {id:?} {k} = {} (expected {v})",
-                    rows[0][k]
-                );
-            }
+        for (k, v) in expected[0].1.as_object().unwrap() {
+            assert!(
+                close(&rows[0].1[k], v),
+                "{what}: {id:?} {k} = {} (expected {v})",
+                rows[0].1[k]
+            );
         }
     }
 }
 
 #[test]
 fn a_directory_of_files_reads_as_the_same_records_in_a_topic_do() {
-    let broker = Tansu::start().expect("start the test broker");
-    let brokers = broker.brokers.clone();
+    let _alone = crate::exclusive();
+    let broker = broker::start().expect("start the test broker");
+    let brokers = broker.bootstrap().to_owned();
     let tmp = tempfile::tempdir().unwrap();
     let (lines, bad) = lines();
 
@@ -141,7 +136,7 @@ fn a_directory_of_files_reads_as_the_same_records_in_a_topic_do() {
 
     let from_topic = sql(
         tmp.path(),
-        "'connector' = 'kafka', 'topic' = 'fs-in', 'properties.bootstrap.servers' = '${BROKERS}', \
+        "'connector' = 'kafka', 'topic' = 'fs-in', 'properties.bootstrap.servers' = '${KAFKA_BROKERS}', \
          'scan.startup.mode' = 'earliest-offset', 'scan.bounded.mode' = 'latest-offset'",
     );
     let (ok, log) = run(
@@ -166,9 +161,9 @@ fn a_directory_of_files_reads_as_the_same_records_in_a_topic_do() {
         "the marker file is skipped:\n{log}"
     );
 
-    let want = window_results(&brokers, "fs-topic", "card_id");
+    let want = window_results(&brokers, "fs-topic", GroupBy::Column("card_id"));
     assert!(want.len() > 10_000, "only {} windows", want.len());
-    let got = window_results(&brokers, "fs-files", "card_id");
+    let got = window_results(&brokers, "fs-files", GroupBy::Column("card_id"));
     assert_same("files", &got, &want);
 
     // The malformed line, once, by file and line; the late row goes there too.
@@ -218,7 +213,7 @@ fn a_directory_of_files_reads_as_the_same_records_in_a_topic_do() {
         log.contains(", from "),
         "a restart resumes inside the files:\n{log}"
     );
-    let got = window_results(&brokers, "fs-crash", "card_id");
+    let got = window_results(&brokers, "fs-crash", GroupBy::Column("card_id"));
     assert_same("after crashes", &got, &want);
     let dlq = read_all(&brokers, "fs-crash-dlq", Duration::from_secs(30)).unwrap();
     let by_line: BTreeMap<_, usize> = dlq.iter().fold(BTreeMap::new(), |mut m, r| {
@@ -234,6 +229,7 @@ fn a_directory_of_files_reads_as_the_same_records_in_a_topic_do() {
 
 #[test]
 fn a_missing_path_fails_at_plan_time_with_its_place() {
+    let _shared = crate::shared();
     let tmp = tempfile::tempdir().unwrap();
     let path = sql(
         tmp.path(),

@@ -1,4 +1,4 @@
-//! The changelog handover (`changelog::await_handover`) against tansu.
+//! The changelog handover (`changelog::await_handover`) against the test broker.
 //!
 //! A cluster task waits for its partition's previous owner before it runs.
 //! A worker tells the two reasons for waiting apart by the task's
@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 use weir::changelog::await_handover;
 use weir::kafka::producer_config;
 use weir::sink::Sink;
-use weir_tests::{Tansu, create_topic};
+use weir_tests::broker;
+use weir_tests::kafka::create_topic;
 
 const OWNER: &str = "00000000000000aa";
 const NEXT: u64 = 0xbb;
@@ -51,8 +52,9 @@ fn wait_for_handover(brokers: &str, topic: &str, lease: Duration) -> Waiter {
 
 #[test]
 fn a_live_owner_marks_the_wait_and_a_silent_one_does_not() {
-    let broker = Tansu::start().expect("tansu starts");
-    let b = broker.brokers.clone();
+    let _alone = crate::exclusive();
+    let broker = broker::start().expect("the test broker starts");
+    let b = broker.bootstrap().to_owned();
     let owner = sink(&b);
 
     // A live owner: it claimed the partition and commits every 300 ms.

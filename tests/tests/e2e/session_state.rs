@@ -8,18 +8,16 @@
 //! be empty once every session has closed.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::Path;
-use std::sync::Arc;
 
-use datafusion::arrow::array::Int64Array;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use weir_operators::ids::{Change, id_array, source_row_id};
+use weir_operators::ids::Change;
 use weir_operators::watermark::{END_OF_TIME, START_OF_TIME};
-use weir_operators::{
-    Batch, Chain, Context, JsonDecoder, JsonEncoder, RecordMeta, StateAttachment, build_chain,
-};
+use weir_operators::{Batch, Context, JsonDecoder};
 use weir_state::{CheckpointMeta, TaskStore};
+use weir_tests::compare::near;
+use weir_tests::inprocess::{Flow, flow, rows, ts};
+use weir_tests::seed;
 
 const CF: &str = "flow0.op0";
 const DELAY_MS: i64 = 1_000;
@@ -117,27 +115,17 @@ fn reference(evs: &[Event]) -> Table {
 }
 
 struct Pipeline {
-    chain: Chain,
+    flow: Flow,
     op: usize,
     decoder: JsonDecoder,
-    encoder: JsonEncoder,
 }
 
 fn pipeline() -> Pipeline {
-    let plan = weir::load::plan_text(Path::new("session.sql"), SQL, &|_| None).unwrap();
-    let flow = &plan.flows[0];
-    let chain = build_chain(flow, &plan.tables, &Default::default()).unwrap();
-    let stateful = chain.stateful();
-    assert_eq!(
-        stateful.len(),
-        1,
-        "one stateful operator: the session window"
-    );
+    let flow = flow("session.sql", SQL);
     Pipeline {
-        op: stateful[0],
-        chain,
-        decoder: JsonDecoder::new(&plan.tables["ev"]),
-        encoder: JsonEncoder::new(flow.output.clone(), vec![]),
+        op: flow.only_stateful("the session window"),
+        decoder: flow.decoder("ev"),
+        flow,
     }
 }
 
@@ -145,12 +133,9 @@ fn pipeline() -> Pipeline {
 type Record = ([u8; 16], Change, Vec<u8>);
 
 fn collect(p: &Pipeline, out: Vec<Batch>, emitted: &mut Vec<Record>) {
-    for b in out {
-        let encoded = p.encoder.encode(&b.data).unwrap();
-        for i in 0..encoded.len() {
-            let id: [u8; 16] = b.ids.value(i).try_into().unwrap();
-            emitted.push((id, Change::of(&id), encoded.value(i).to_vec()));
-        }
+    for (id, json) in p.flow.encode(out) {
+        let id: [u8; 16] = id.try_into().unwrap();
+        emitted.push((id, Change::of(&id), json));
     }
 }
 
@@ -168,26 +153,15 @@ fn feed(
     let mut i = from;
     while i < to {
         let end = (i + BATCH).min(to);
-        let mut buf = Vec::new();
-        let mut spans = Vec::new();
-        let mut metas = Vec::new();
+        let mut lines = Vec::new();
         let mut arrival = Vec::new();
-        for (j, e) in evs.iter().enumerate().take(end).skip(i) {
-            let ts = chrono::DateTime::from_timestamp_millis(e.ts)
-                .unwrap()
-                .format("%Y-%m-%d %H:%M:%S%.3f");
-            let s = buf.len();
-            buf.extend_from_slice(
-                format!(r#"{{"k": {}, "v": {}, "ts": "{ts}"}}"#, e.k, e.v).as_bytes(),
-            );
-            spans.push((s, buf.len()));
-            buf.push(b'\n');
-            metas.push(RecordMeta {
-                partition: 0,
-                offset: j as i64,
-                timestamp: None,
-                key: None,
-            });
+        for e in &evs[i..end] {
+            lines.push(format!(
+                r#"{{"k": {}, "v": {}, "ts": "{}"}}"#,
+                e.k,
+                e.v,
+                ts(e.ts)
+            ));
             arrival.push(if max_ts == START_OF_TIME {
                 START_OF_TIME
             } else {
@@ -195,19 +169,13 @@ fn feed(
             });
             max_ts = max_ts.max(e.ts);
         }
-        let decoded = p.decoder.decode(&buf, &spans, &metas).unwrap();
-        assert!(decoded.bad.is_empty());
-        let ids = id_array((i..end).map(|j| source_row_id(0, j as i64)));
-        let batch = Batch::new(
-            decoded.batch,
-            Arc::new(Int64Array::from(arrival)),
-            Arc::new(ids),
-        );
+        let batch = rows(&p.decoder, &lines, i, arrival);
         let mut ctx = Context::default();
-        let out = p.chain.process(batch, &mut ctx).unwrap();
+        let out = p.flow.chain.process(batch, &mut ctx).unwrap();
         assert_eq!(ctx.late_rows, 0, "no row is late");
         collect(p, out, emitted);
         let out = p
+            .flow
             .chain
             .advance_watermark(max_ts - DELAY_MS, &mut ctx)
             .unwrap();
@@ -220,6 +188,7 @@ fn feed(
 
 fn finish(p: &mut Pipeline, emitted: &mut Vec<Record>) {
     let out = p
+        .flow
         .chain
         .advance_watermark(END_OF_TIME, &mut Context::default())
         .unwrap();
@@ -279,21 +248,14 @@ fn check(table: &Table, reference: &Table) {
             .get(k)
             .unwrap_or_else(|| panic!("session {k:?} is missing"));
         assert_eq!(gn, n, "count of session {k:?}");
-        assert!(
-            (gs - s).abs() <= 1e-9 * s.abs().max(1.0),
-            "sum of {k:?}: {gs} != {s}"
-        );
+        assert!(near(*s, *gs), "sum of {k:?}: {gs} != {s}");
     }
 }
 
 #[test]
 fn session_changelog_matches_all_rows_sessions_through_crash_and_restore() {
-    let seed = std::env::var("SESSION_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random::<u64>);
-    println!("seed {seed} (replay with SESSION_SEED={seed})");
-    let evs = events(seed);
+    let _shared = crate::shared();
+    let evs = events(seed("SESSION_SEED"));
     let n = evs.len();
     let expected = reference(&evs);
 
@@ -323,12 +285,7 @@ fn session_changelog_matches_all_rows_sessions_through_crash_and_restore() {
     let ck = {
         let mut store = TaskStore::open(dir.path(), 0, &cfs, 4 << 20).unwrap();
         let mut p = pipeline();
-        let state = StateAttachment {
-            store: store.operator(CF).unwrap(),
-            fired_through: START_OF_TIME,
-            memory_budget: 64 << 10,
-        };
-        p.chain.attach_state(p.op, state).unwrap();
+        p.flow.attach(p.op, &store, CF, START_OF_TIME, 64 << 10);
         let mut ck = None;
         feed(
             &mut p,
@@ -339,7 +296,7 @@ fn session_changelog_matches_all_rows_sessions_through_crash_and_restore() {
             &mut first,
             |p, end, max_ts| {
                 if end == checkpoint_at {
-                    p.chain.flush_state().unwrap();
+                    p.flow.chain.flush_state().unwrap();
                     store
                         .checkpoint(&CheckpointMeta {
                             id: 1,
@@ -357,12 +314,8 @@ fn session_changelog_matches_all_rows_sessions_through_crash_and_restore() {
     let store = TaskStore::open(dir.path(), 0, &cfs, 4 << 20).unwrap();
     let meta = store.restored().cloned().expect("checkpoint 1");
     let mut p = pipeline();
-    let state = StateAttachment {
-        store: store.operator(CF).unwrap(),
-        fired_through: meta.fired_through,
-        memory_budget: 64 << 10,
-    };
-    p.chain.attach_state(p.op, state).unwrap();
+    p.flow
+        .attach(p.op, &store, CF, meta.fired_through, 64 << 10);
     let mut second = Vec::new();
     feed(
         &mut p,
@@ -374,7 +327,7 @@ fn session_changelog_matches_all_rows_sessions_through_crash_and_restore() {
         |_, _, _| {},
     );
     finish(&mut p, &mut second);
-    p.chain.flush_state().unwrap();
+    p.flow.chain.flush_state().unwrap();
 
     // What a sink deduplicating by identity writes: a repeat must be identical.
     let mut seen: HashMap<[u8; 16], Vec<u8>> = HashMap::new();

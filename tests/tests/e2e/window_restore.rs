@@ -23,16 +23,12 @@
 //! events themselves.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
-use std::sync::Arc;
 
-use weir_operators::ids::{id_array, source_row_id};
 use weir_operators::watermark::{END_OF_TIME, START_OF_TIME};
-use weir_operators::{
-    Batch, Chain, Context, JsonDecoder, JsonEncoder, StateAttachment, build_chain,
-};
+use weir_operators::{Batch, Context, JsonDecoder};
 use weir_state::{CheckpointMeta, TaskStore};
-use weir_tests::decode_lines;
+use weir_tests::compare::near;
+use weir_tests::inprocess::{Flow, flow, rows_under, ts as timestamp};
 
 const EVENTS: u64 = 60_000;
 const KEYS: u64 = 2_000;
@@ -74,48 +70,37 @@ fn key_and_value(i: u64) -> (u64, u64) {
 fn event(i: u64) -> String {
     let (k, m) = key_and_value(i);
     let v = ((i * 104_729) % 1_000) as f64 / 10.0;
-    let t = chrono::DateTime::from_timestamp_millis(ts(i))
-        .unwrap()
-        .format("%Y-%m-%d %H:%M:%S%.3f");
+    let t = timestamp(ts(i));
     format!(r#"{{"k": {k}, "m": {m}, "v": {v}, "ts": "{t}"}}"#)
 }
 
 struct Pipeline {
-    chain: Chain,
+    flow: Flow,
     window: usize,
     decoder: JsonDecoder,
-    encoder: JsonEncoder,
     results: Vec<Emitted>,
 }
 
 fn pipeline() -> Pipeline {
-    let plan = weir::load::plan_text(Path::new("restore.sql"), SQL, &|_| None).unwrap();
-    let flow = &plan.flows[0];
-    let chain = build_chain(flow, &plan.tables, &Default::default()).unwrap();
-    let stateful = chain.stateful();
-    assert_eq!(stateful.len(), 1, "one stateful operator: the window");
+    let flow = flow("restore.sql", SQL);
     Pipeline {
-        window: stateful[0],
-        chain,
-        decoder: JsonDecoder::new(&plan.tables["ev"]),
-        encoder: JsonEncoder::new(flow.output.clone(), vec![]),
+        window: flow.only_stateful("the window"),
+        decoder: flow.decoder("ev"),
+        flow,
         results: Vec::new(),
     }
 }
 
 impl Pipeline {
     fn collect(&mut self, out: Vec<Batch>) {
-        for b in out {
-            let encoded = self.encoder.encode(&b.data).unwrap();
-            for i in 0..encoded.len() {
-                let v: serde_json::Value = serde_json::from_slice(encoded.value(i)).unwrap();
-                let key = (
-                    v["k"].as_u64().unwrap(),
-                    v["window_end"].as_str().unwrap().to_owned(),
-                );
-                let f = |name: &str| v[name].as_f64().unwrap();
-                self.results.push((key, [f("n"), f("d"), f("a"), f("sd")]));
-            }
+        for (_, json) in self.flow.encode(out) {
+            let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+            let key = (
+                v["k"].as_u64().unwrap(),
+                v["window_end"].as_str().unwrap().to_owned(),
+            );
+            let f = |name: &str| v[name].as_f64().unwrap();
+            self.results.push((key, [f("n"), f("d"), f("a"), f("sd")]));
         }
     }
 
@@ -127,12 +112,10 @@ impl Pipeline {
         while i < to {
             let end = (i + BATCH).min(to);
             let lines: Vec<String> = (i..end).map(event).collect();
-            let decoded = decode_lines(&self.decoder, &lines);
-            let ids = id_array((i..end).map(|j| source_row_id(0, j as i64)));
             let wm = if i == 0 { START_OF_TIME } else { ts(i - 1) };
-            let batch = Batch::uniform(decoded.batch, wm, Arc::new(ids));
+            let batch = rows_under(&self.decoder, &lines, i as usize, wm);
             let mut ctx = Context::default();
-            let out = self.chain.process(batch, &mut ctx).unwrap();
+            let out = self.flow.chain.process(batch, &mut ctx).unwrap();
             self.collect(out);
             i = end;
             at(self, i);
@@ -141,6 +124,7 @@ impl Pipeline {
 
     fn finish(&mut self) {
         let out = self
+            .flow
             .chain
             .advance_watermark(END_OF_TIME, &mut Context::default())
             .unwrap();
@@ -148,12 +132,8 @@ impl Pipeline {
     }
 
     fn attach(&mut self, store: &TaskStore, fired_through: i64, budget: usize) {
-        let state = StateAttachment {
-            store: store.operator(CF).unwrap(),
-            fired_through,
-            memory_budget: budget,
-        };
-        self.chain.attach_state(self.window, state).unwrap();
+        self.flow
+            .attach(self.window, store, CF, fired_through, budget);
     }
 }
 
@@ -162,11 +142,7 @@ type Emitted = ((u64, String), [f64; 4]);
 type Results = BTreeMap<(u64, String), [f64; 4]>;
 
 fn same(a: &[f64; 4], b: &[f64; 4]) -> bool {
-    a[..2] == b[..2]
-        && a[2..]
-            .iter()
-            .zip(&b[2..])
-            .all(|(x, y)| (x - y).abs() <= 1e-9 * x.abs().max(1.0))
+    a[..2] == b[..2] && a[2..].iter().zip(&b[2..]).all(|(x, y)| near(*x, *y))
 }
 
 /// The results of both lives, each (key, window) once: a result emitted by
@@ -246,7 +222,7 @@ fn crash_and_restore(budget: usize, whole: bool) {
         let mut id = 0;
         first.feed(0, CRASH, |p, next| {
             if CHECKPOINTS.contains(&next) {
-                p.chain.flush_state().unwrap();
+                p.flow.chain.flush_state().unwrap();
                 id += 1;
                 store
                     .checkpoint(&CheckpointMeta {
@@ -274,7 +250,7 @@ fn crash_and_restore(budget: usize, whole: bool) {
     second.attach(&store, meta.fired_through, budget);
     if whole {
         assert!(
-            second.chain.state_rows() > 0,
+            second.flow.chain.state_rows() > 0,
             "the open panes came back into memory from their segments"
         );
     }
@@ -298,11 +274,13 @@ fn crash_and_restore(budget: usize, whole: bool) {
 
 #[test]
 fn panes_kept_in_memory_come_back_whole_after_a_crash() {
+    let _shared = crate::shared();
     crash_and_restore(256 << 20, true);
 }
 
 #[test]
 fn panes_moved_over_the_budget_come_back_whole_after_a_crash() {
+    let _shared = crate::shared();
     // Big enough that panes are copied at checkpoints before some are moved.
     crash_and_restore(1 << 20, false);
 }
@@ -313,6 +291,7 @@ fn panes_moved_over_the_budget_come_back_whole_after_a_crash() {
 /// one jump gives, one window end per step.
 #[test]
 fn a_jumping_watermark_steps_one_window_end_at_a_time() {
+    let _shared = crate::shared();
     let mut jump = pipeline();
     jump.feed(0, 30_000, |_, _| {});
     jump.finish();
@@ -321,13 +300,14 @@ fn a_jumping_watermark_steps_one_window_end_at_a_time() {
     stepped.feed(0, 30_000, |_, _| {});
     let mut steps = 0;
     let mut from = i64::MIN;
-    while let Some(due) = stepped.chain.next_emission() {
+    while let Some(due) = stepped.flow.chain.next_emission() {
         assert!(
             due > from,
             "next_emission moves forward: {due} after {from}"
         );
         let before = stepped.results.len();
         let out = stepped
+            .flow
             .chain
             .advance_watermark(due, &mut Context::default())
             .unwrap();

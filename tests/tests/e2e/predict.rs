@@ -6,6 +6,7 @@
 use serde_json::Value;
 use weir_operators::Model;
 use weir_sql::ModelKind;
+use weir_tests::compare::scores_match;
 use weir_tests::workspace_root;
 
 fn check(model_path: &str, fixture: &str, output: &str) {
@@ -34,7 +35,7 @@ fn check(model_path: &str, fixture: &str, output: &str) {
         let diff = (s - e).abs();
         worst = worst.max(diff);
         assert!(
-            diff <= 1e-5,
+            scores_match(*s, *e),
             "{model_path} row {i}: weir {s} vs onnxruntime {e}"
         );
     }
@@ -48,7 +49,7 @@ fn check(model_path: &str, fixture: &str, output: &str) {
         let e = expected[i % expected.len()];
         worst = worst.max((s - e).abs());
         assert!(
-            (s - e).abs() <= 1e-5,
+            scores_match(*s, e),
             "{model_path} row {i} of {n}: weir {s} vs onnxruntime {e}"
         );
     }
@@ -60,6 +61,7 @@ fn check(model_path: &str, fixture: &str, output: &str) {
 
 #[test]
 fn fraud_model_matches_onnxruntime() {
+    let _shared = crate::shared();
     check(
         "examples/fraud/fraud.onnx",
         "examples/fraud/fixtures/scores.jsonl",
@@ -69,6 +71,7 @@ fn fraud_model_matches_onnxruntime() {
 
 #[test]
 fn per_event_fraud_model_matches_onnxruntime() {
+    let _shared = crate::shared();
     check(
         "examples/fraud/fraud-per-event.onnx",
         "examples/fraud/fixtures/per_event_scores.jsonl",
@@ -78,6 +81,7 @@ fn per_event_fraud_model_matches_onnxruntime() {
 
 #[test]
 fn classifier_matches_onnxruntime() {
+    let _shared = crate::shared();
     check(
         "tests/models/classifier3.onnx",
         "tests/models/classifier3.scores.jsonl",
@@ -87,6 +91,7 @@ fn classifier_matches_onnxruntime() {
 
 #[test]
 fn regressor_matches_onnxruntime() {
+    let _shared = crate::shared();
     check(
         "tests/models/regressor2.onnx",
         "tests/models/regressor2.scores.jsonl",
@@ -96,6 +101,7 @@ fn regressor_matches_onnxruntime() {
 
 #[test]
 fn forest_matches_onnxruntime() {
+    let _shared = crate::shared();
     check(
         "tests/models/forest4.onnx",
         "tests/models/forest4.scores.jsonl",
@@ -105,6 +111,7 @@ fn forest_matches_onnxruntime() {
 
 #[test]
 fn model_kinds_are_detected() {
+    let _shared = crate::shared();
     let root = workspace_root();
     let clf = Model::load("c", &root.join("tests/models/classifier3.onnx")).unwrap();
     assert_eq!(clf.info().kind, ModelKind::Classifier);
@@ -116,6 +123,7 @@ fn model_kinds_are_detected() {
 
 #[test]
 fn a_missing_model_is_an_error() {
+    let _shared = crate::shared();
     let err = Model::load("x", &workspace_root().join("tests/models/nope.onnx")).unwrap_err();
     assert!(format!("{err:#}").contains("no such file"), "{err:#}");
 }
@@ -150,7 +158,7 @@ fn check_bench_model(name: &str) {
             let diff = (s - e).abs();
             worst = worst.max(diff);
             assert!(
-                diff <= 1e-5,
+                scores_match(*s, e),
                 "{name} {what} row {}: weir {s} vs onnxruntime {e}",
                 from + i
             );
@@ -169,20 +177,24 @@ fn check_bench_model(name: &str) {
 
 #[test]
 fn logistic_regression_matches_onnxruntime() {
+    let _shared = crate::shared();
     check_bench_model("lr");
 }
 
 #[test]
 fn mlp_matches_onnxruntime() {
+    let _shared = crate::shared();
     check_bench_model("mlp");
 }
 
 #[test]
 fn random_forest_matches_onnxruntime() {
+    let _shared = crate::shared();
     check_bench_model("rf");
 }
 
 #[test]
 fn gradient_boosted_trees_match_onnxruntime() {
+    let _shared = crate::shared();
     check_bench_model("gbt");
 }

@@ -1,4 +1,4 @@
-//! The job registry against tansu: a model larger than one Kafka message is
+//! The job registry against the test broker: a model larger than one Kafka message is
 //! shipped in chunks and put back together byte for byte; a resubmit
 //! replaces the job and tombstones the older version's chunks; `stop` marks
 //! the job stopped.
@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use weir::cluster::registry::{CHUNK_BYTES, JobSpec, JobState, publish, read_registry, set_state};
-use weir_tests::Tansu;
+use weir_tests::broker;
 
 fn spec(version: &str) -> JobSpec {
     JobSpec {
@@ -23,8 +23,9 @@ fn spec(version: &str) -> JobSpec {
 
 #[test]
 fn large_files_travel_in_chunks_and_resubmits_replace_them() {
-    let broker = Tansu::start().expect("tansu starts");
-    let b = &broker.brokers;
+    let _shared = crate::shared();
+    let broker = broker::start().expect("the test broker starts");
+    let b = broker.bootstrap();
     let topic = "weir-jobs-test";
     // Two and a half chunks, no two chunks alike.
     let big: Vec<u8> = (0..CHUNK_BYTES * 5 / 2)

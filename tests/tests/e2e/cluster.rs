@@ -1,4 +1,4 @@
-//! The worker cluster, as separate processes against tansu over TCP.
+//! The worker cluster, as separate processes against the test broker over TCP.
 //!
 //! Three `weir worker`s run the fraud window pipeline (HOP features +
 //! predict, exactly-once sink) over a 6-partition topic. A bad submit
@@ -14,13 +14,17 @@
 //! The job's source is unbounded: each partition ends with a sentinel event a
 //! day later, whose watermark fires every window of the real events.
 
-use std::process::Command;
 use std::time::Duration;
 
 use weir::cluster::registry::{REGISTRY_TOPIC, read_registry};
 use weir::generate::FraudGenerator;
-use weir_tests::cluster::{Worker, close, http_get, tasks, weir_binary, window_results, work_dir};
-use weir_tests::{Record, Tansu, create_topic, produce_unbatched, wait_for, workspace_root};
+use weir_tests::broker;
+use weir_tests::cluster::{Worker, http_get, tasks, work_dir};
+use weir_tests::compare::close;
+use weir_tests::kafka::{Record, create_topic, produce_unbatched};
+use weir_tests::output::{GroupBy, read_until, window_results};
+use weir_tests::process::run_weir;
+use weir_tests::{wait_for, workspace_root, write_sql};
 
 const EVENTS: usize = 40_000;
 const PARTITIONS: i32 = 6;
@@ -103,36 +107,36 @@ fn input() -> (Vec<Record>, Vec<Record>) {
 
 #[test]
 fn workers_share_a_job_survive_a_kill_and_write_each_result_once() {
-    let broker = Tansu::start().expect("tansu starts");
-    let b = broker.brokers.clone();
+    let _alone = crate::exclusive();
+    let broker = broker::start().expect("the test broker starts");
+    let b = broker.bootstrap().to_owned();
     create_topic(&b, "transactions", PARTITIONS).expect("the input topic");
     let (events, sentinels) = input();
     let half = EVENTS / 2;
     produce_unbatched(&b, "transactions", &events[..half]).expect("the first half");
 
     let (dir_path, _tmp) = work_dir();
-    let sql = dir_path.as_path().join("fraud-cluster.sql");
-    std::fs::write(&sql, SQL).expect("the pipeline file");
+    let sql = write_sql(dir_path.as_path(), "fraud-cluster.sql", SQL);
     std::fs::copy(
         workspace_root().join("examples/fraud/fraud.onnx"),
         dir_path.as_path().join("fraud.onnx"),
     )
     .expect("the model");
     let weir = |args: &[&str], env: &[(&str, &str)]| {
-        let mut c = Command::new(weir_binary());
-        c.args(args)
-            .env("KAFKA_BROKERS", &b)
-            .env("WEIR_LOG", "warn");
-        for (k, v) in env {
-            c.env(k, v);
-        }
-        c.output().expect("weir runs")
+        let env: Vec<(&str, &str)> = [("KAFKA_BROKERS", b.as_str())]
+            .into_iter()
+            .chain(env.iter().copied())
+            .collect();
+        run_weir(args, &env, "warn")
     };
     let job_env = [("SINK", "card-scores"), ("BOUNDED", "unbounded")];
 
     // A submit that does not plan publishes nothing.
-    let bad = dir_path.as_path().join("bad.sql");
-    std::fs::write(&bad, SQL.replace("avg(amount)", "avg(amout)")).expect("bad.sql");
+    let bad = write_sql(
+        dir_path.as_path(),
+        "bad.sql",
+        &SQL.replace("avg(amount)", "avg(amout)"),
+    );
     let out = weir(
         &["submit", bad.to_str().unwrap(), "--brokers", &b],
         &job_env,
@@ -232,12 +236,11 @@ fn workers_share_a_job_survive_a_kill_and_write_each_result_once() {
     produce_unbatched(&b, "transactions", &sentinels).expect("the sentinels");
 
     // What one process computes over the same input.
-    let reference_sql = dir_path.as_path().join("reference.sql");
-    std::fs::write(
-        &reference_sql,
-        SQL.replace("fraud-cluster", "fraud-reference"),
-    )
-    .expect("reference.sql");
+    let reference_sql = write_sql(
+        dir_path.as_path(),
+        "reference.sql",
+        &SQL.replace("fraud-cluster", "fraud-reference"),
+    );
     let out = weir(
         &[
             "run",
@@ -252,7 +255,7 @@ fn workers_share_a_job_survive_a_kill_and_write_each_result_once() {
         "the reference run: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let expected = window_results(&b, "reference-scores", "card_id");
+    let expected = window_results(&b, "reference-scores", GroupBy::Column("card_id"));
     assert!(
         expected.len() > 1000,
         "the reference has results: {}",
@@ -260,9 +263,8 @@ fn workers_share_a_job_survive_a_kill_and_write_each_result_once() {
     );
 
     // The survivors finish the job: every result arrives.
-    let got = wait_for(Duration::from_secs(300), || {
-        let got = window_results(&b, "card-scores", "card_id");
-        (got.len() >= expected.len(), got)
+    let got = read_until(Duration::from_secs(300), expected.len(), || {
+        window_results(&b, "card-scores", GroupBy::Column("card_id"))
     });
     // (A rebalance may be moving a partition at any one moment.)
     let running = wait_for(Duration::from_secs(60), || {
@@ -347,7 +349,7 @@ fn workers_share_a_job_survive_a_kill_and_write_each_result_once() {
 
     // Exactly once, and the same results as one process.
     let got = {
-        let again = window_results(&b, "card-scores", "card_id");
+        let again = window_results(&b, "card-scores", GroupBy::Column("card_id"));
         assert!(again.len() >= got.len());
         again
     };
@@ -372,8 +374,8 @@ fn workers_share_a_job_survive_a_kill_and_write_each_result_once() {
         "results one process does not write: {extra:?}"
     );
     for (k, want) in &expected {
-        let have = &got[k][0];
-        let want = &want[0];
+        let have = &got[k][0].1;
+        let want = &want[0].1;
         for field in ["n", "avg_amount", "max_amount", "n_merchants", "p_fraud"] {
             assert!(
                 close(&have[field], &want[field]),

@@ -7,14 +7,12 @@
 //! with numpy (fixtures/per_event_features.jsonl, cross-checked there against
 //! DuckDB). Equal scores within float32 noise mean equal features.
 
-use std::sync::Arc;
-
-use datafusion::arrow::array::Int64Array;
 use serde_json::Value;
-use weir_operators::ids::{id_array, parse_source_row_id, source_row_id};
 use weir_operators::watermark::{END_OF_TIME, START_OF_TIME};
-use weir_operators::{Batch, Context, JsonDecoder, JsonEncoder, TableChanges, build_chain};
-use weir_tests::{decode_lines, workspace_root};
+use weir_operators::{Batch, Context, TableChanges};
+use weir_tests::compare::scores_match;
+use weir_tests::inprocess::{Flow, decode_lines, rows as source_rows};
+use weir_tests::workspace_root;
 
 const FEATURES: [&str; 10] = [
     "amount",
@@ -39,15 +37,17 @@ fn millis(ts: &str) -> i64 {
 
 #[test]
 fn the_example_pipeline_computes_the_features_its_model_was_trained_on() {
+    let _shared = crate::shared();
     let root = workspace_root();
     let file = root.join("examples/fraud/pipeline.sql");
-    let env = |k: &str| (k == "KAFKA_BROKERS").then(|| "localhost:1".to_string());
-    let loaded = weir::load::load_pipeline(&file, &env).expect("the example plans");
-    let plan = &loaded.plan;
-    let flow = &plan.flows[0];
-    let mut chain = build_chain(flow, &plan.tables, &loaded.models).unwrap();
-    let encoder = JsonEncoder::new(flow.output.clone(), vec![]);
-    let model = &loaded.models["fraud"];
+    let loaded = weir::load::load_pipeline(&file, &weir_tests::env("localhost:1"))
+        .expect("the example plans");
+    let model = loaded.models["fraud"].clone();
+    let Flow {
+        mut chain,
+        encoder,
+        plan,
+    } = Flow::build(loaded.plan, &loaded.models);
 
     let rows: Vec<Value> =
         std::fs::read_to_string(root.join("examples/fraud/fixtures/per_event_features.jsonl"))
@@ -69,7 +69,7 @@ fn the_example_pipeline_computes_the_features_its_model_was_trained_on() {
         .map(|(_, v)| v)
         .collect();
     let table = decode_lines(
-        &JsonDecoder::new(&plan.tables["merchant_risk"]),
+        &weir_operators::JsonDecoder::new(&plan.tables["merchant_risk"]),
         &table_lines,
     );
     chain
@@ -83,13 +83,14 @@ fn the_example_pipeline_computes_the_features_its_model_was_trained_on() {
         .unwrap();
 
     // The transactions, in generator order, under the example's watermark.
-    let decoder = JsonDecoder::new(&plan.tables["transactions"]);
+    let decoder = weir_operators::JsonDecoder::new(&plan.tables["transactions"]);
     let mut scores: Vec<Option<(f64, Value)>> = vec![None; rows.len()];
     let mut collect = |out: Vec<Batch>| {
         for b in out {
             let encoded = encoder.encode(&b.data).unwrap();
             for i in 0..encoded.len() {
-                let (_, offset) = parse_source_row_id(b.ids.value(i)).expect("a source row");
+                let (_, offset) =
+                    weir_operators::ids::parse_source_row_id(b.ids.value(i)).expect("a source row");
                 let v: Value = serde_json::from_slice(encoded.value(i)).unwrap();
                 let p = v["p_fraud"].as_f64().expect("a score");
                 assert!(
@@ -122,12 +123,7 @@ fn the_example_pipeline_computes_the_features_its_model_was_trained_on() {
             });
             max_ts = max_ts.max(millis(r["ts"].as_str().unwrap()));
         }
-        let decoded = decode_lines(&decoder, &lines);
-        let batch = Batch::new(
-            decoded.batch,
-            Arc::new(Int64Array::from(arrival)),
-            Arc::new(id_array((from..to).map(|j| source_row_id(0, j as i64)))),
-        );
+        let batch = source_rows(&decoder, &lines, from, arrival);
         let mut ctx = Context::default();
         collect(chain.process(batch, &mut ctx).unwrap());
         assert_eq!(ctx.late_rows, 0);
@@ -158,7 +154,7 @@ fn the_example_pipeline_computes_the_features_its_model_was_trained_on() {
         assert_eq!(v["risk"], rows[i]["risk"], "row {i}: {v}");
         worst = worst.max((p - e).abs());
         assert!(
-            (p - e).abs() <= 1e-5,
+            scores_match(*p, *e),
             "row {i}: weir scores {p}, the model on the trained features {e}: {v} vs {}",
             rows[i]
         );

@@ -9,20 +9,15 @@
 //! must get rows wrong, so the test can fail.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
-use std::sync::Arc;
 
-use datafusion::arrow::array::Int64Array;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
-use weir_operators::ids::{id_array, parse_source_row_id, source_row_id};
 use weir_operators::watermark::{END_OF_TIME, START_OF_TIME};
-use weir_operators::{
-    Batch, Chain, Context, JsonDecoder, JsonEncoder, StateAttachment, TableChanges, build_chain,
-};
+use weir_operators::{Batch, Context, JsonDecoder, TableChanges};
 use weir_state::{CheckpointMeta, TaskStore};
-use weir_tests::decode_lines;
+use weir_tests::compare::near;
+use weir_tests::inprocess::{Flow, decode_lines, flow, rows as source_rows, ts as iso};
 
 const DELAY_MS: i64 = 1_000;
 const BATCH: usize = 40;
@@ -132,18 +127,10 @@ fn expected_rates(rows: &[Row], versions: &[Version]) -> Vec<Option<f64>> {
         .collect()
 }
 
-fn iso(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .unwrap()
-        .format("%Y-%m-%d %H:%M:%S%.3f")
-        .to_string()
-}
-
 struct Pipeline {
-    chain: Chain,
+    flow: Flow,
     tx: JsonDecoder,
     rates: JsonDecoder,
-    encoder: JsonEncoder,
     /// The stream's watermark, the table's, and the greatest event time seen.
     watermark: i64,
     table_watermark: i64,
@@ -155,14 +142,11 @@ struct Pipeline {
 
 impl Pipeline {
     fn new(query: &str) -> Self {
-        let sql = format!("{TABLES}{query}");
-        let plan = weir::load::plan_text(Path::new("join.sql"), &sql, &|_| None).unwrap();
-        let flow = &plan.flows[0];
+        let flow = flow("join.sql", &format!("{TABLES}{query}"));
         Self {
-            chain: build_chain(flow, &plan.tables, &Default::default()).unwrap(),
-            tx: JsonDecoder::new(&plan.tables["tx"]),
-            rates: JsonDecoder::new(&plan.tables["rates"]),
-            encoder: JsonEncoder::new(flow.output.clone(), vec![]),
+            tx: flow.decoder("tx"),
+            rates: flow.decoder("rates"),
+            flow,
             watermark: START_OF_TIME,
             table_watermark: START_OF_TIME,
             max_ts: START_OF_TIME,
@@ -173,13 +157,9 @@ impl Pipeline {
 
     fn collect(&mut self, out: Vec<Batch>, ctx: Context) {
         self.late += ctx.late_rows;
-        for b in out {
-            let encoded = self.encoder.encode(&b.data).unwrap();
-            for i in 0..encoded.len() {
-                let (_, offset) = parse_source_row_id(b.ids.value(i)).expect("a source row");
-                let v: Value = serde_json::from_slice(encoded.value(i)).unwrap();
-                self.out.entry(offset).or_default().push(v);
-            }
+        for (offset, json) in self.flow.encode_by_offset(out) {
+            let v: Value = serde_json::from_slice(&json).unwrap();
+            self.out.entry(offset).or_default().push(v);
         }
     }
 
@@ -204,14 +184,15 @@ impl Pipeline {
                 rows: decode_lines(&self.rates, &rows).batch,
                 deletes,
             };
-            self.chain.apply_table("rates", &changes).unwrap();
+            self.flow.chain.apply_table("rates", &changes).unwrap();
         }
         let advanced = watermark > self.table_watermark;
         self.table_watermark = watermark;
-        self.chain.set_table_watermark("rates", watermark);
+        self.flow.chain.set_table_watermark("rates", watermark);
         if advanced {
             let mut ctx = Context::default();
             let out = self
+                .flow
                 .chain
                 .advance_watermark(self.watermark, &mut ctx)
                 .unwrap();
@@ -239,16 +220,13 @@ impl Pipeline {
             self.max_ts = self.max_ts.max(r.ts);
             self.watermark = self.max_ts - DELAY_MS;
         }
-        let batch = Batch::new(
-            decode_lines(&self.tx, &lines).batch,
-            Arc::new(Int64Array::from(arrival)),
-            Arc::new(id_array((from..to).map(|j| source_row_id(0, j as i64)))),
-        );
+        let batch = source_rows(&self.tx, &lines, from, arrival);
         let mut ctx = Context::default();
-        let out = self.chain.process(batch, &mut ctx).unwrap();
+        let out = self.flow.chain.process(batch, &mut ctx).unwrap();
         self.collect(out, ctx);
         let mut ctx = Context::default();
         let out = self
+            .flow
             .chain
             .advance_watermark(self.watermark, &mut ctx)
             .unwrap();
@@ -259,7 +237,11 @@ impl Pipeline {
     fn finish(&mut self, versions: &[Version], applied: usize) {
         self.table(&versions[applied..], END_OF_TIME);
         let mut ctx = Context::default();
-        let out = self.chain.advance_watermark(END_OF_TIME, &mut ctx).unwrap();
+        let out = self
+            .flow
+            .chain
+            .advance_watermark(END_OF_TIME, &mut ctx)
+            .unwrap();
         self.collect(out, ctx);
     }
 }
@@ -342,24 +324,17 @@ fn check_over(p: &Pipeline, expected: &[(i64, f64)]) {
         let v = &p.out[&(i as i64)][0];
         assert_eq!(v["n"].as_i64(), Some(*n), "count of row {i}: {v}");
         let got = v["s"].as_f64().unwrap();
-        assert!(
-            (got - s).abs() <= 1e-9 * s.abs().max(1.0),
-            "sum of row {i}: {got} != {s}"
-        );
+        assert!(near(*s, got), "sum of row {i}: {got} != {s}");
     }
 }
 
 fn seed() -> u64 {
-    let seed = std::env::var("JOIN_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random::<u64>);
-    println!("seed {seed} (replay with JOIN_SEED={seed})");
-    seed
+    weir_tests::seed("JOIN_SEED")
 }
 
 #[test]
 fn rows_wait_for_the_table_versions_of_their_time() {
+    let _shared = crate::shared();
     let (rows, versions) = data(seed());
     let expected = expected_rates(&rows, &versions);
 
@@ -397,6 +372,7 @@ fn rows_wait_for_the_table_versions_of_their_time() {
 
 #[test]
 fn aggregates_after_the_join_see_no_row_late_through_crash_and_restore() {
+    let _shared = crate::shared();
     let (rows, versions) = data(seed());
     let rates = expected_rates(&rows, &versions);
     let expected = expected_over(&rows, &rates);
@@ -419,7 +395,7 @@ fn aggregates_after_the_join_see_no_row_late_through_crash_and_restore() {
 
     // With stores: checkpoint at 40%, crash at 70%, restore, replay.
     let mut probe = Pipeline::new(OVER_JOINED);
-    let stateful = probe.chain.stateful();
+    let stateful = probe.flow.chain.stateful();
     assert_eq!(
         stateful.len(),
         2,
@@ -441,12 +417,7 @@ fn aggregates_after_the_join_see_no_row_late_through_crash_and_restore() {
                     .copied()
                     .unwrap_or(m.fired_through)
             });
-            let state = StateAttachment {
-                store: store.operator(cf).unwrap(),
-                fired_through,
-                memory_budget: 64 << 10,
-            };
-            p.chain.attach_state(*op, state).unwrap();
+            p.flow.attach(*op, store, cf, fired_through, 64 << 10);
         }
     };
     let mut applied_at_crash = 0;
@@ -464,12 +435,12 @@ fn aggregates_after_the_join_see_no_row_late_through_crash_and_restore() {
                 let operator_watermarks: BTreeMap<String, i64> = stateful
                     .iter()
                     .zip(&cfs)
-                    .filter(|(op, _)| p.chain.watermark(**op) < p.watermark)
-                    .map(|(op, cf)| (cf.clone(), p.chain.watermark(*op)))
+                    .filter(|(op, _)| p.flow.chain.watermark(**op) < p.watermark)
+                    .map(|(op, cf)| (cf.clone(), p.flow.chain.watermark(*op)))
                     .collect();
                 if !checkpointed && end >= checkpoint_from && !operator_watermarks.is_empty() {
                     checkpointed = true;
-                    p.chain.flush_state().unwrap();
+                    p.flow.chain.flush_state().unwrap();
                     store
                         .checkpoint(&CheckpointMeta {
                             id: 1,
