@@ -73,7 +73,7 @@ GROUP BY window_start, window_end;
             "--state-dir",
         ])
         .arg(dir.path().join("state"))
-        .env("WEIR_LOG", "info")
+        .env("KAFKA_BROKERS", brokers)
         .output()
         .expect("weir runs");
     let log = String::from_utf8_lossy(&output.stderr).into_owned();
