@@ -16,6 +16,11 @@
 //! Before some restarts the harness also deletes the state directory: that
 //! run rebuilds its state from the changelog topic.
 //!
+//! How much input a killed run gets through depends on the machine's speed,
+//! so the crashes come in rounds: a round is a job of its own over the same
+//! input, and another starts when one finished before enough crashes (each
+//! round's output is checked).
+//!
 //! The seed is printed; `WEIR_CRASH_SEED=<seed>` replays a run.
 
 use std::collections::BTreeMap;
@@ -31,7 +36,7 @@ use weir_tests::compare::close;
 use weir_tests::kafka::{Record, create_topic, produce_unbatched, read_all};
 use weir_tests::output::{GroupBy, once, window_results};
 use weir_tests::process::spawn_weir_run;
-use weir_tests::{seed, workspace_root, write_sql};
+use weir_tests::{seed, wait_for, workspace_root, write_sql};
 
 const EVENTS: usize = 120_000;
 const MIN_CRASHES: usize = 20;
@@ -124,7 +129,8 @@ enum Outcome {
     Crashed,
 }
 
-/// Runs weir once; with `kill_after`, SIGKILLs it then if still running.
+/// Runs weir once; with `kill_after`, SIGKILLs it that long after it starts
+/// reading its input (its restore done), if it is still running then.
 fn run_once(
     sql: &Path,
     brokers: &str,
@@ -134,13 +140,31 @@ fn run_once(
     kill_after: Option<Duration>,
     log: &Path,
 ) -> Outcome {
+    let started_before = reading_started(log);
     let mut child = spawn_weir_run(sql, brokers, out, state, fault, log);
-    let Some(status) =
-        wait_with_deadline(&mut child, kill_after.unwrap_or(Duration::from_secs(600)))
-    else {
+    let status = match kill_after {
+        None => wait_with_deadline(&mut child, Duration::from_secs(600)),
+        Some(delay) => {
+            // A life's progress is bounded by `delay` whatever the machine's
+            // speed: the clock starts when the run starts reading.
+            let exited = wait_for(Duration::from_secs(120), || {
+                let exited = child.try_wait().expect("waiting for weir").is_some();
+                (exited || reading_started(log) > started_before, exited)
+            });
+            let status = if exited {
+                child.try_wait().expect("waiting for weir")
+            } else {
+                wait_with_deadline(&mut child, delay)
+            };
+            if status.is_none() {
+                child.kill().unwrap(); // SIGKILL
+                child.wait().unwrap();
+            }
+            status
+        }
+    };
+    let Some(status) = status else {
         assert!(kill_after.is_some(), "weir did not finish within 600 s");
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
         return Outcome::Crashed;
     };
     if status.success() {
@@ -152,6 +176,13 @@ fn run_once(
         log.display()
     );
     Outcome::Crashed
+}
+
+/// How many runs logged in `log` have started reading their input.
+fn reading_started(log: &Path) -> usize {
+    std::fs::read_to_string(log)
+        .map(|text| text.matches("reading 1 partitions of 'cr-in'").count())
+        .unwrap_or(0)
 }
 
 /// Window results by (key, window_end); a result written twice fails.
@@ -195,7 +226,6 @@ fn exactly_once_output_survives_repeated_crashes() {
     let _ = std::fs::remove_file(&log);
 
     // The reference: one uninterrupted run.
-    let started = Instant::now();
     assert!(matches!(
         run_once(
             &sql,
@@ -208,71 +238,78 @@ fn exactly_once_output_survives_repeated_crashes() {
         ),
         Outcome::Finished
     ));
-    let reference_secs = started.elapsed().as_secs_f64();
 
-    // The same input, killed again and again.
-    let state = dir.path().join("crash-state");
+    // The same input, killed again and again, in rounds: each round is a
+    // job of its own (its own output topics, group and state) whose runs are
+    // killed until one finishes. How far a killed run gets depends on the
+    // machine's speed, so a round can use the input up before enough crashes
+    // have happened; another round then goes on counting. Every round's
+    // output must be exactly the uninterrupted run's.
     let mut crashes = Vec::new();
     let mut state_losses = 0;
-    let mut runs = 0;
-    loop {
-        runs += 1;
-        assert!(runs <= 200, "no finished run after 200 attempts");
-        // Lose the local state before some restarts: at random, and before
-        // enough of the last planned crashes that MIN_STATE_LOSSES happen.
-        let planned_left = (MIN_CRASHES + 4).saturating_sub(crashes.len());
-        let losses_left = MIN_STATE_LOSSES.saturating_sub(state_losses);
-        let mut lost_state = false;
-        if runs > 1
-            && state.exists()
-            && losses_left > 0
-            && (planned_left <= losses_left || rng.random_bool(0.2))
-        {
-            std::fs::remove_dir_all(&state).unwrap();
-            state_losses += 1;
-            lost_state = true;
-        }
-        let crash = crashes.len() < MIN_CRASHES + 4;
-        let (fault, kill_after) = if !crash {
-            (None, None)
-        } else if rng.random_bool(0.5) {
-            let point = FAULT_POINTS[rng.random_range(0..FAULT_POINTS.len())];
-            let hit = rng.random_range(1..=4);
-            (Some(format!("{point}:{hit}")), None)
-        } else {
-            // Up to 15% of an uninterrupted run: each life makes some progress,
-            // and there is room for 20+ of them before the input is done.
-            let ms = rng.random_range(300..(reference_secs * 150.0).max(800.0) as u64);
-            (None, Some(Duration::from_millis(ms)))
-        };
-        let mut what = match (&fault, kill_after) {
-            (Some(f), _) => format!("abort at {f}"),
-            (None, Some(d)) => format!("SIGKILL after {} ms", d.as_millis()),
-            (None, None) => "no fault".into(),
-        };
-        if lost_state {
-            what = format!("state directory deleted; {what}");
-        }
-        match run_once(&sql, b, "cr", &state, fault.as_deref(), kill_after, &log) {
-            Outcome::Finished => {
-                println!("run {runs}: {what}: finished");
-                break;
+    let mut round = 0;
+    while crashes.len() < MIN_CRASHES || state_losses < MIN_STATE_LOSSES {
+        round += 1;
+        assert!(
+            round <= 4,
+            "only {} crashes and {state_losses} restarts without state in {} rounds (seed {seed}): {crashes:?}",
+            crashes.len(),
+            round - 1
+        );
+        let out = format!("cr{round}");
+        let state = dir.path().join(format!("{out}-state"));
+        let mut runs = 0;
+        loop {
+            runs += 1;
+            assert!(runs <= 200, "no finished run after 200 attempts");
+            // Lose the local state before some restarts: at random, and before
+            // enough of the last planned crashes that MIN_STATE_LOSSES happen.
+            let planned_left = (MIN_CRASHES + 4).saturating_sub(crashes.len());
+            let losses_left = MIN_STATE_LOSSES.saturating_sub(state_losses);
+            let mut lost_state = false;
+            if runs > 1
+                && state.exists()
+                && losses_left > 0
+                && (planned_left <= losses_left || rng.random_bool(0.2))
+            {
+                std::fs::remove_dir_all(&state).unwrap();
+                state_losses += 1;
+                lost_state = true;
             }
-            Outcome::Crashed => {
-                println!("run {runs}: {what}: crashed");
-                crashes.push(what);
+            let crash = crashes.len() < MIN_CRASHES + 4 || losses_left > 0;
+            let (fault, kill_after) = if !crash {
+                (None, None)
+            } else if rng.random_bool(0.5) {
+                let point = FAULT_POINTS[rng.random_range(0..FAULT_POINTS.len())];
+                let hit = rng.random_range(1..=3);
+                (Some(format!("{point}:{hit}")), None)
+            } else {
+                // Each life makes some progress, and a round's 24 lives get
+                // through about half of the input.
+                let ms = rng.random_range(0..300);
+                (None, Some(Duration::from_millis(ms)))
+            };
+            let mut what = match (&fault, kill_after) {
+                (Some(f), _) => format!("abort at {f}"),
+                (None, Some(d)) => format!("SIGKILL after {} ms", d.as_millis()),
+                (None, None) => "no fault".into(),
+            };
+            if lost_state {
+                what = format!("state directory deleted; {what}");
+            }
+            match run_once(&sql, b, &out, &state, fault.as_deref(), kill_after, &log) {
+                Outcome::Finished => {
+                    println!("round {round}, run {runs}: {what}: finished");
+                    break;
+                }
+                Outcome::Crashed => {
+                    println!("round {round}, run {runs}: {what}: crashed");
+                    crashes.push(what);
+                }
             }
         }
+        check_exact(b, &out, seed, &log);
     }
-    assert!(
-        crashes.len() >= MIN_CRASHES,
-        "only {} crashes before the input was done (seed {seed}): {crashes:?}",
-        crashes.len()
-    );
-    assert!(
-        state_losses >= MIN_STATE_LOSSES,
-        "only {state_losses} restarts without state"
-    );
     let log_text = std::fs::read_to_string(&log).unwrap();
     let rebuilt = log_text.matches("rebuilt checkpoint").count();
     assert!(
@@ -280,7 +317,10 @@ fn exactly_once_output_survives_repeated_crashes() {
         "no run rebuilt its state from the changelog ({state_losses} state losses); log: {}",
         log.display()
     );
-    println!("{state_losses} restarts without state, {rebuilt} rebuilt from the changelog");
+    println!(
+        "{} crashes in {round} round(s), {state_losses} restarts without state, {rebuilt} rebuilt from the changelog",
+        crashes.len()
+    );
 
     let dlq = contents(b, "ref-dlq");
     assert_eq!(
@@ -288,37 +328,41 @@ fn exactly_once_output_survives_repeated_crashes() {
         bad + late,
         "every malformed and late record is dead-lettered once"
     );
+}
+
+/// Checks what the crashed runs of job `out` wrote against the uninterrupted
+/// run's output (topics `ref-*`).
+fn check_exact(b: &str, out: &str, seed: u64, log: &Path) {
     // Window results: the same (card, window) set, each exactly once, with
     // the same values. Floating-point aggregates may differ in the last bits:
     // where a checkpoint splits a pane's accumulation differs between runs,
     // and DOUBLE addition is not associative.
     let reference = scores(b, "ref-scores");
-    let crashed = scores(b, "cr-scores");
+    let crashed = scores(b, &format!("{out}-scores"));
     assert_eq!(
         reference.len(),
         crashed.len(),
-        "window results (seed {seed}; log {})",
+        "{out}: window results (seed {seed}; log {})",
         log.display()
     );
     for (id, r) in &reference {
         let c = crashed
             .get(id)
-            .unwrap_or_else(|| panic!("{id:?} missing after crashes (seed {seed})"));
-        assert!(close(r, c), "{id:?}: {r} vs {c} (seed {seed})");
+            .unwrap_or_else(|| panic!("{out}: {id:?} missing after crashes (seed {seed})"));
+        assert!(close(r, c), "{out}: {id:?}: {r} vs {c} (seed {seed})");
     }
     let mut sizes = BTreeMap::from([("scores", reference.len())]);
     for topic in ["big", "dlq"] {
         let reference = contents(b, &format!("ref-{topic}"));
-        let crashed = contents(b, &format!("cr-{topic}"));
+        let crashed = contents(b, &format!("{out}-{topic}"));
         assert!(
             !reference.is_empty(),
             "{topic}: the reference run wrote nothing"
         );
         assert!(
             reference == crashed,
-            "{topic}: {} records after {} crashes, {} in the uninterrupted run (seed {seed}); log: {}",
+            "{out}-{topic}: {} records after crashes, {} in the uninterrupted run (seed {seed}); log: {}",
             crashed.len(),
-            crashes.len(),
             reference.len(),
             log.display()
         );
@@ -327,25 +371,24 @@ fn exactly_once_output_survives_repeated_crashes() {
     // At-least-once: everything the uninterrupted run wrote, and every extra
     // record a byte-identical copy of one of those.
     let reference = contents(b, "ref-alo");
-    let crashed = contents(b, "cr-alo");
+    let crashed = contents(b, &format!("{out}-alo"));
     assert!(!reference.is_empty());
     let mut extra = crashed.clone();
     for r in &reference {
         let at = extra
             .binary_search(r)
-            .unwrap_or_else(|_| panic!("alo: {r:?} missing after crashes (seed {seed})"));
+            .unwrap_or_else(|_| panic!("{out}-alo: {r:?} missing after crashes (seed {seed})"));
         extra.remove(at);
     }
     for e in &extra {
         assert!(
             reference.binary_search(e).is_ok(),
-            "alo: {e:?} is not a copy of any record of the uninterrupted run (seed {seed})"
+            "{out}-alo: {e:?} is not a copy of any record of the uninterrupted run (seed {seed})"
         );
     }
     sizes.insert("alo", reference.len());
     println!(
-        "exact after {} crashes: {sizes:?}; at-least-once wrote {} repeats",
-        crashes.len(),
+        "{out}: exact: {sizes:?}; at-least-once wrote {} repeats",
         extra.len()
     );
 }
