@@ -2,19 +2,19 @@
 //! so another machine (or this one, after losing its disk) can rebuild the
 //! store. The job ships the log to a changelog topic at every checkpoint.
 //!
-//! A chunk is self-describing:
+//! A chunk is self-describing, a [`Kind::ChangelogChunk`] record:
 //! ```text
-//! version(u8) n_cf(u16 BE) { len(u16 BE) name }*n_cf  op*
-//! op = 1 cf(u16) klen(u32) key vlen(u32) value      put
-//!    | 2 cf(u16) klen(u32) key                      delete
-//!    | 3 cf(u16) plen(u32) prefix                   delete every key starting with prefix
+//! version n_cf(varint) { name(str) }*n_cf  ops_len(varint) op*
+//! op = 1 cf(varint) key(bytes) value(bytes)   put
+//!    | 2 cf(varint) key(bytes)                delete
+//!    | 3 cf(varint) prefix(bytes)             delete every key starting with prefix
 //! ```
 //! Keys are relative to the task (without its prefix), so a chunk applies to
-//! the task's store wherever it runs.
+//! the task's store wherever it runs. `ops_len`, the operations' bytes, makes
+//! a chunk cut short at an operation's end an error too.
 
-use crate::store::StateError;
+use crate::codec::{CodecError, Kind, Reader, Writer};
 
-const VERSION: u8 = 1;
 pub(crate) const OP_PUT: u8 = 1;
 pub(crate) const OP_DELETE: u8 = 2;
 pub(crate) const OP_DELETE_PREFIX: u8 = 3;
@@ -26,16 +26,14 @@ pub(crate) struct OpBuffer {
 }
 
 impl OpBuffer {
+    #[inline]
     pub(crate) fn push(&mut self, op: u8, cf: u16, key: &[u8], value: Option<&[u8]>) {
-        self.bytes.push(op);
-        self.bytes.extend_from_slice(&cf.to_be_bytes());
-        self.bytes
-            .extend_from_slice(&(key.len() as u32).to_be_bytes());
-        self.bytes.extend_from_slice(key);
+        let mut w = Writer::continued(&mut self.bytes);
+        w.u8(op);
+        w.varint(u64::from(cf));
+        w.bytes(key);
         if let Some(v) = value {
-            self.bytes
-                .extend_from_slice(&(v.len() as u32).to_be_bytes());
-            self.bytes.extend_from_slice(v);
+            w.bytes(v);
         }
     }
 }
@@ -103,101 +101,66 @@ impl ChangeLog {
 
 pub(crate) fn encode_chunk(cfs: &[String], ops: &[u8]) -> Vec<u8> {
     let mut out =
-        Vec::with_capacity(3 + cfs.iter().map(|c| c.len() + 2).sum::<usize>() + ops.len());
-    out.push(VERSION);
-    out.extend_from_slice(&(cfs.len() as u16).to_be_bytes());
+        Vec::with_capacity(4 + cfs.iter().map(|c| c.len() + 2).sum::<usize>() + ops.len());
+    let mut w = Writer::record(&mut out, Kind::ChangelogChunk);
+    w.len(cfs.len());
     for c in cfs {
-        out.extend_from_slice(&(c.len() as u16).to_be_bytes());
-        out.extend_from_slice(c.as_bytes());
+        w.str(c);
     }
-    out.extend_from_slice(ops);
+    w.len(ops.len());
+    w.raw(ops);
     out
 }
 
 /// One decoded operation.
+#[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Op<'a> {
     Put(&'a str, &'a [u8], &'a [u8]),
     Delete(&'a str, &'a [u8]),
     DeletePrefix(&'a str, &'a [u8]),
 }
 
-struct Reader<'a> {
-    bytes: &'a [u8],
-    at: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], StateError> {
-        let end = self
-            .at
-            .checked_add(n)
-            .filter(|e| *e <= self.bytes.len())
-            .ok_or_else(|| StateError::Corrupt("changelog chunk is truncated".into()))?;
-        let s = &self.bytes[self.at..end];
-        self.at = end;
-        Ok(s)
-    }
-    fn u8(&mut self) -> Result<u8, StateError> {
-        Ok(self.take(1)?[0])
-    }
-    fn u16(&mut self) -> Result<u16, StateError> {
-        Ok(u16::from_be_bytes(
-            self.take(2)?.try_into().expect("2 bytes"),
-        ))
-    }
-    fn u32(&mut self) -> Result<usize, StateError> {
-        Ok(u32::from_be_bytes(self.take(4)?.try_into().expect("4 bytes")) as usize)
-    }
-}
-
 /// Decodes a chunk into its operations.
-pub(crate) fn decode_chunk(chunk: &[u8]) -> Result<Vec<Op<'_>>, StateError> {
-    let mut r = Reader {
-        bytes: chunk,
-        at: 0,
-    };
-    let version = r.u8()?;
-    if version != VERSION {
-        return Err(StateError::Corrupt(format!(
-            "changelog chunk format {version} is not one this weir reads ({VERSION})"
-        )));
-    }
-    let n = r.u16()? as usize;
+pub(crate) fn decode_chunk(chunk: &[u8]) -> Result<Vec<Op<'_>>, CodecError> {
+    let mut r = Reader::open(Kind::ChangelogChunk, chunk)?;
+    let n = r.count(1)?;
     let mut cfs = Vec::with_capacity(n);
     for _ in 0..n {
-        let len = r.u16()? as usize;
-        let name = std::str::from_utf8(r.take(len)?)
-            .map_err(|_| StateError::Corrupt("column family name is not UTF-8".into()))?;
-        cfs.push(name);
+        cfs.push(r.str()?);
+    }
+    let len_at = r.position();
+    let len = r.varint()?;
+    if len < r.remaining() as u64 {
+        return Err(r.malformed_at(len_at, "bytes follow the chunk's operations"));
+    }
+    if len > r.remaining() as u64 {
+        return Err(r.truncated());
     }
     let mut ops = Vec::new();
-    while r.at < chunk.len() {
+    while !r.is_empty() {
+        let at = r.position();
         let op = r.u8()?;
-        let cf = *cfs
-            .get(r.u16()? as usize)
-            .ok_or_else(|| StateError::Corrupt("column family index out of range".into()))?;
-        let klen = r.u32()?;
-        let key = r.take(klen)?;
+        let cf_at = r.position();
+        let cf = usize::try_from(r.varint()?)
+            .ok()
+            .and_then(|i| cfs.get(i).copied())
+            .ok_or_else(|| r.malformed_at(cf_at, "column family index out of range"))?;
+        let key = r.bytes()?;
         ops.push(match op {
-            OP_PUT => {
-                let vlen = r.u32()?;
-                Op::Put(cf, key, r.take(vlen)?)
-            }
+            OP_PUT => Op::Put(cf, key, r.bytes()?),
             OP_DELETE => Op::Delete(cf, key),
             OP_DELETE_PREFIX => Op::DeletePrefix(cf, key),
-            other => {
-                return Err(StateError::Corrupt(format!(
-                    "unknown changelog operation {other}"
-                )));
-            }
+            _ => return Err(r.malformed_at(at, "unknown changelog operation")),
         });
     }
+    r.finish()?;
     Ok(ops)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     /// An operation, its key and its value, for building logs.
     type RawOp<'a> = (u8, &'a [u8], Option<&'a [u8]>);
@@ -226,12 +189,12 @@ mod tests {
             .chain([(OP_DELETE_PREFIX, b"k".as_slice(), None)])
             .collect();
         let mut log = log_with(&ops);
-        // Each put is 1+2+4+3+4+40 = 54 bytes: two per 120-byte chunk. The
-        // last two puts and the 8-byte prefix delete (116 bytes) could still
-        // grow, so they wait for `all`.
+        // Each put is 1+1+(1+3)+(1+40) = 47 bytes: two per 120-byte chunk.
+        // The last two puts and the 4-byte prefix delete (98 bytes) could
+        // still grow, so they wait for `all`.
         let full = log.take_chunks(&cfs, 120, false);
         assert_eq!(full.len(), 4);
-        assert_eq!(log.pending_bytes(), 116);
+        assert_eq!(log.pending_bytes(), 98);
         let rest = log.take_chunks(&cfs, 120, true);
         assert_eq!(rest.len(), 1);
         assert_eq!(log.pending_bytes(), 0);
@@ -260,15 +223,91 @@ mod tests {
         let cfs = vec!["w".to_string()];
         let mut log = log_with(&[(OP_PUT, b"abc", Some(b"v"))]);
         let chunk = log.take_chunks(&cfs, 1 << 20, true).remove(0);
-        // The header (version, one column family "w") is 6 bytes: a chunk cut
-        // right after it holds no operations; every other cut is an error.
+        // The header says how many bytes of operations follow, so a chunk
+        // cut anywhere, even right after the header or an operation, is an
+        // error.
         for cut in 0..chunk.len() {
-            assert_eq!(
-                decode_chunk(&chunk[..cut]).is_ok(),
-                cut == 6,
-                "cut at {cut}"
-            );
+            assert!(decode_chunk(&chunk[..cut]).is_err(), "cut at {cut}");
         }
         assert_eq!(decode_chunk(&chunk).unwrap().len(), 1);
+    }
+
+    fn op() -> impl Strategy<Value = (u8, u16, Vec<u8>, Vec<u8>)> {
+        (
+            prop_oneof![Just(OP_PUT), Just(OP_DELETE), Just(OP_DELETE_PREFIX)],
+            0u16..3,
+            proptest::collection::vec(any::<u8>(), 0..24),
+            proptest::collection::vec(any::<u8>(), 0..200),
+        )
+    }
+
+    fn expected<'a>(cfs: &'a [String], (op, cf, k, v): &'a (u8, u16, Vec<u8>, Vec<u8>)) -> Op<'a> {
+        let cf = cfs[*cf as usize].as_str();
+        match *op {
+            OP_PUT => Op::Put(cf, k, v),
+            OP_DELETE => Op::Delete(cf, k),
+            _ => Op::DeletePrefix(cf, k),
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn chunks_round_trip(
+            ops in proptest::collection::vec(op(), 0..40),
+            max_bytes in 1usize..2000,
+        ) {
+            let cfs = vec!["flow0.op1".to_string(), "w".to_string(), "é".to_string()];
+            let mut buf = OpBuffer::default();
+            let mut ends = Vec::new();
+            for (op, cf, k, v) in &ops {
+                buf.push(*op, *cf, k, (*op == OP_PUT).then_some(v.as_slice()));
+                ends.push(buf.bytes.len());
+            }
+            let mut log = ChangeLog { enabled: true, ..Default::default() };
+            log.append(&buf, &ends);
+            let chunks = log.take_chunks(&cfs, max_bytes, true);
+            let mut decoded = Vec::new();
+            for c in &chunks {
+                decoded.extend(decode_chunk(c).unwrap());
+            }
+            let want: Vec<Op<'_>> = ops.iter().map(|o| expected(&cfs, o)).collect();
+            prop_assert_eq!(decoded, want);
+            // Every cut of a chunk is refused, without a panic.
+            if let Some(c) = chunks.first() {
+                for cut in 0..c.len() {
+                    prop_assert!(decode_chunk(&c[..cut]).is_err());
+                }
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic_as_a_chunk(
+            mut bytes in proptest::collection::vec(any::<u8>(), 0..80),
+        ) {
+            let _ = decode_chunk(&bytes);
+            if let Some(b) = bytes.first_mut() {
+                *b = Kind::ChangelogChunk.version();
+            }
+            let _ = decode_chunk(&bytes);
+        }
+    }
+
+    #[test]
+    fn a_chunk_of_another_version_is_refused_by_name() {
+        let mut chunk = encode_chunk(&["w".to_string()], &[]);
+        chunk[0] = 1;
+        let err = decode_chunk(&chunk).unwrap_err();
+        assert!(matches!(
+            err,
+            CodecError::Version {
+                kind: Kind::ChangelogChunk,
+                found: 1,
+                supported: 2
+            }
+        ));
+        assert!(
+            err.to_string()
+                .starts_with("changelog chunk record has format version 1")
+        );
     }
 }

@@ -17,11 +17,13 @@
 //! offsets stored in it.
 
 mod changes;
+pub mod codec;
 pub mod fault;
 mod meta;
 mod offsets;
 mod store;
 
+pub use codec::CodecError;
 pub use meta::{ChangelogLink, CheckpointMeta};
 pub use offsets::{HeldOffsets, InputPosition};
 pub use store::{CheckpointStats, OperatorState, StateError, TaskStore};

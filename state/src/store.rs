@@ -14,6 +14,7 @@ use rocksdb::{
 use crate::changes::{
     ChangeLog, OP_DELETE, OP_DELETE_PREFIX, OP_PUT, Op, OpBuffer, decode_chunk, encode_chunk,
 };
+use crate::codec::CodecError;
 use crate::meta::CheckpointMeta;
 
 #[derive(Debug, thiserror::Error)]
@@ -38,8 +39,8 @@ pub enum StateError {
     },
     #[error("state store: column family '{0}' was not opened")]
     MissingColumnFamily(String),
-    #[error("state changelog: {0}")]
-    Corrupt(String),
+    #[error(transparent)]
+    Codec(#[from] CodecError),
 }
 
 const META_KEY: &[u8] = b"weir.checkpoint";
