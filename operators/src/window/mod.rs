@@ -60,6 +60,8 @@ use datafusion::arrow::compute::take;
 use datafusion::logical_expr::GroupsAccumulator;
 use hashbrown::HashMap;
 use weir_state::OperatorState;
+use weir_state::codec::key::{self, KeyError};
+use weir_state::codec::{CodecError, Kind, Reader, Writer};
 
 pub use aggregation::{AggregateSpec, Aggregation, OutputColumn};
 pub use assign::Assigner;
@@ -169,13 +171,11 @@ pub struct WindowAggregateOp {
 }
 
 fn pane_prefix(end: i64) -> [u8; 8] {
-    ((end as u64) ^ (1 << 63)).to_be_bytes()
+    key::i64_bytes(end)
 }
 
-fn pane_end(key: &[u8]) -> i64 {
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&key[..8]);
-    (u64::from_be_bytes(b) ^ (1 << 63)) as i64
+fn pane_end(k: &[u8]) -> Result<i64, KeyError> {
+    key::i64_at(k, 0, "window pane")
 }
 
 fn group_prefix(end: i64, key: &[u8]) -> Vec<u8> {
@@ -192,42 +192,63 @@ fn segment_prefix(end: i64) -> Vec<u8> {
     k
 }
 
-fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
-    out.extend_from_slice(&(b.len() as u32).to_be_bytes());
-    out.extend_from_slice(b);
+/// Appends a group to the body of a segment ([`seal_segment`]).
+fn put_segment_group<'a>(
+    body: &mut Vec<u8>,
+    key: &[u8],
+    state: &[u8],
+    sightings: impl ExactSizeIterator<Item = (u8, &'a [u8])>,
+) {
+    let mut w = Writer::continued(body);
+    w.bytes(key);
+    w.bytes(state);
+    w.len(sightings.len());
+    for (agg, value) in sightings {
+        w.u8(agg);
+        w.bytes(value);
+    }
+}
+
+/// A segment of `groups` groups from their `body`, into `out` (cleared), a
+/// [`Kind::WindowSegment`] record:
+/// ```text
+/// version groups(varint) { key(bytes) state(bytes) n(varint) { agg(u8) value(bytes) }*n }*groups
+/// ```
+fn seal_segment(out: &mut Vec<u8>, groups: usize, body: &[u8]) {
+    out.clear();
+    let mut w = Writer::record(out, Kind::WindowSegment);
+    w.len(groups);
+    w.raw(body);
 }
 
 /// Reads a segment: per group, its key, its state and its new sightings
-/// (aggregate, value).
-fn read_segment(
-    mut seg: &[u8],
-    mut group: impl FnMut(&[u8], &[u8], Vec<(usize, &[u8])>),
-) -> anyhow::Result<()> {
-    fn take<'a>(seg: &mut &'a [u8], n: usize) -> anyhow::Result<&'a [u8]> {
-        anyhow::ensure!(seg.len() >= n, "a window state segment is cut short");
-        let (a, b) = seg.split_at(n);
-        *seg = b;
-        Ok(a)
-    }
-    fn u32_of(seg: &mut &[u8]) -> anyhow::Result<usize> {
-        Ok(u32::from_be_bytes(take(seg, 4)?.try_into().expect("4 bytes")) as usize)
-    }
-    fn bytes<'a>(seg: &mut &'a [u8]) -> anyhow::Result<&'a [u8]> {
-        let n = u32_of(seg)?;
-        take(seg, n)
-    }
-    while !seg.is_empty() {
-        let key = bytes(&mut seg)?;
-        let state = bytes(&mut seg)?;
-        let n = u32_of(&mut seg)?;
-        let mut sightings = Vec::with_capacity(n);
+/// (aggregate, value). `distinct[agg]`: whether aggregate `agg` is a
+/// DISTINCT one; a sighting of any other is an error.
+fn read_segment<'a>(
+    seg: &'a [u8],
+    distinct: &[bool],
+    mut group: impl FnMut(&'a [u8], &'a [u8], &[(usize, &'a [u8])]),
+) -> Result<(), CodecError> {
+    let mut r = Reader::open(Kind::WindowSegment, seg)?;
+    let mut sightings = Vec::new();
+    // A group is at least two lengths and a count.
+    for _ in 0..r.count(3)? {
+        let key = r.bytes()?;
+        let state = r.bytes()?;
+        // A sighting is at least an aggregate and a length.
+        let n = r.count(2)?;
+        sightings.clear();
         for _ in 0..n {
-            let agg = take(&mut seg, 1)?[0] as usize;
-            sightings.push((agg, bytes(&mut seg)?));
+            let at = r.position();
+            let agg = r.u8()? as usize;
+            if !distinct.get(agg).copied().unwrap_or(false) {
+                return Err(r.malformed_at(at, "a value sighting names no DISTINCT aggregate"));
+            }
+            sightings.push((agg, r.bytes()?));
         }
-        group(key, state, sightings);
+        group(key, state, &sightings);
     }
-    Ok(())
+    r.finish()
 }
 
 fn with_kind(prefix: &[u8], kind: u8) -> Vec<u8> {
@@ -237,10 +258,27 @@ fn with_kind(prefix: &[u8], kind: u8) -> Vec<u8> {
     k
 }
 
-/// A stored key's group key and kind byte.
-fn split_stored_key(k: &[u8]) -> (&[u8], u8, &[u8]) {
-    let len = u32::from_be_bytes(k[8..12].try_into().expect("stored key layout")) as usize;
-    (&k[12..12 + len], k[12 + len], &k[13 + len..])
+/// A stored group key's group key, kind byte and what follows.
+fn split_stored_key(k: &[u8]) -> Result<(&[u8], u8, &[u8]), KeyError> {
+    const WHAT: &str = "window group";
+    let len = u32::from_be_bytes(key::field(k, 8, WHAT)?) as usize;
+    let bad = KeyError {
+        what: WHAT,
+        len: k.len(),
+    };
+    let group = k.get(12..).and_then(|r| r.get(..len)).ok_or(bad.clone())?;
+    let (&kind, rest) = k[12 + len..].split_first().ok_or(bad)?;
+    Ok((group, kind, rest))
+}
+
+/// A stored sighting's aggregate and value (what follows its kind byte).
+fn split_sighting(rest: &[u8]) -> Result<(u8, &[u8]), KeyError> {
+    rest.split_first()
+        .map(|(&agg, value)| (agg, value))
+        .ok_or(KeyError {
+            what: "window sighting",
+            len: rest.len(),
+        })
 }
 
 impl WindowAggregateOp {
@@ -494,24 +532,26 @@ impl WindowAggregateOp {
             d.seen_copied[agg] = seen.order.len();
         }
         sightings.sort_unstable();
+        let mut body = Vec::with_capacity(SEGMENT_BYTES + 4096);
         let mut segment = Vec::with_capacity(SEGMENT_BYTES + 4096);
+        let mut groups = 0;
         let mut s = 0;
         for (j, &g) in dirty.iter().enumerate() {
-            put_bytes(&mut segment, self.dicts.keys.get(d.keys.keys()[g as usize]));
-            put_bytes(
-                &mut segment,
-                states.as_ref().map_or(&[][..], |r| r.row(j).data()),
-            );
             let from = s;
             while s < sightings.len() && sightings[s].0 == g {
                 s += 1;
             }
-            segment.extend_from_slice(&((s - from) as u32).to_be_bytes());
-            for &(_, agg, v) in &sightings[from..s] {
-                segment.push(agg);
-                put_bytes(&mut segment, self.dicts.value(agg as usize, v));
-            }
-            if segment.len() >= SEGMENT_BYTES || j + 1 == dirty.len() {
+            put_segment_group(
+                &mut body,
+                self.dicts.keys.get(d.keys.keys()[g as usize]),
+                states.as_ref().map_or(&[][..], |r| r.row(j).data()),
+                sightings[from..s]
+                    .iter()
+                    .map(|&(_, agg, v)| (agg, self.dicts.value(agg as usize, v))),
+            );
+            groups += 1;
+            if body.len() >= SEGMENT_BYTES || j + 1 == dirty.len() {
+                seal_segment(&mut segment, groups, &body);
                 let mut k = segment_prefix(pane.end);
                 k.extend_from_slice(&pane.segments.to_be_bytes());
                 // A write per segment: a pane's copy is never held twice over
@@ -520,7 +560,8 @@ impl WindowAggregateOp {
                 store.put(&mut batch, &k, &segment)?;
                 store.write(batch)?;
                 pane.segments += 1;
-                segment.clear();
+                body.clear();
+                groups = 0;
             }
         }
         debug_assert_eq!(s, sightings.len(), "every new sighting's group is dirty");
@@ -538,10 +579,11 @@ impl WindowAggregateOp {
         let mut d = self.new_delta()?;
         let mut states: Vec<Box<[u8]>> = Vec::new();
         let mut segments = 0;
+        let distinct: Vec<bool> = d.seen.iter().map(Option::is_some).collect();
         for entry in store.scan(&segment_prefix(end))? {
             let (_, v) = entry?;
             segments += 1;
-            read_segment(&v, |key, state, sightings| {
+            read_segment(&v, &distinct, |key, state, sightings| {
                 let (g, new) = d.keys.group(dicts.keys.intern(key));
                 if new {
                     states.push(state.into());
@@ -550,12 +592,11 @@ impl WindowAggregateOp {
                     // A later copy of the group replaces an earlier one.
                     states[g as usize] = state.into();
                 }
-                for (agg, value) in sightings {
-                    if let (Some(Some(seen)), Some(Some(values))) =
-                        (d.seen.get_mut(agg), dicts.values.get_mut(agg))
-                    {
-                        seen.insert(g, values.intern(value));
-                    }
+                for &(agg, value) in sightings {
+                    // read_segment checked that `agg` is a DISTINCT aggregate.
+                    let seen = d.seen[agg].as_mut().expect("a DISTINCT aggregate");
+                    let values = dicts.values[agg].as_mut().expect("a DISTINCT aggregate");
+                    seen.insert(g, values.intern(value));
                 }
             })?;
         }
@@ -611,7 +652,7 @@ impl WindowAggregateOp {
         let insert = |k: &[u8]| window_row_id(k, end);
         for entry in store.scan(&prefix)? {
             let (k, v) = entry?;
-            let (key, kind, rest) = split_stored_key(&k);
+            let (key, kind, rest) = split_stored_key(&k)?;
             match kind {
                 KIND_STATE => {
                     if keys.len() >= FIRE_CHUNK_GROUPS {
@@ -625,7 +666,14 @@ impl WindowAggregateOp {
                     keys.push(key.into());
                     states.push(v);
                 }
-                KIND_SIGHTING => sightings.push((keys.len() - 1, rest[0], rest[1..].into())),
+                KIND_SIGHTING => {
+                    let (agg, value) = split_sighting(rest)?;
+                    let g = keys.len().checked_sub(1).ok_or(KeyError {
+                        what: "window sighting without a group state",
+                        len: k.len(),
+                    })?;
+                    sightings.push((g, agg, value.into()));
+                }
                 _ => {}
             }
         }
@@ -674,8 +722,8 @@ impl WindowAggregateOp {
                     let sp = with_kind(p, KIND_SIGHTING);
                     for entry in store.scan(&sp)? {
                         let (k, _) = entry?;
-                        let rest = &k[sp.len()..];
-                        sightings.push((g, rest[0], rest[1..].into()));
+                        let (agg, value) = split_sighting(&k[sp.len()..])?;
+                        sightings.push((g, agg, value.into()));
                     }
                 }
             }
@@ -1130,17 +1178,17 @@ impl Operator for WindowAggregateOp {
         let mut dicts = std::mem::take(&mut self.dicts);
         let mut from = Vec::new();
         while let Some(key) = state.store.first_key_from(&from)? {
-            let end = pane_end(&key);
+            let end = pane_end(&key)?;
             let fired = end - 1 <= self.fired_through;
             let mut changed = BTreeMap::new();
             if fired {
                 // Changes late rows made that were not re-emitted yet.
                 for entry in state.store.scan(&pane_prefix(end))? {
                     let (k, v) = entry?;
-                    if k[8..12] == SEGMENT_MARK {
+                    if k.get(8..12) == Some(&SEGMENT_MARK[..]) {
                         break;
                     }
-                    let (key, kind, _) = split_stored_key(&k);
+                    let (key, kind, _) = split_stored_key(&k)?;
                     if kind == KIND_CHANGED {
                         changed.insert(key.into(), v.first() == Some(&1));
                     }
@@ -1205,5 +1253,118 @@ impl Operator for WindowAggregateOp {
 
     fn state_rows(&self) -> usize {
         self.panes.values().map(|p| p.delta.keys.len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Groups as a segment holds them: key, state, sightings (aggregate, value).
+    type SegmentGroups = Vec<(Vec<u8>, Vec<u8>, Vec<(u8, Vec<u8>)>)>;
+
+    /// Aggregates 0 and 2 are DISTINCT ones, 1 is not.
+    const DISTINCT: [bool; 3] = [true, false, true];
+
+    fn groups() -> impl Strategy<Value = SegmentGroups> {
+        let bytes = || proptest::collection::vec(any::<u8>(), 0..30);
+        proptest::collection::vec(
+            (
+                bytes(),
+                bytes(),
+                proptest::collection::vec((prop_oneof![Just(0u8), Just(2u8)], bytes()), 0..5),
+            ),
+            0..12,
+        )
+    }
+
+    fn write(groups: &SegmentGroups) -> Vec<u8> {
+        let mut body = Vec::new();
+        for (k, st, sightings) in groups {
+            put_segment_group(
+                &mut body,
+                k,
+                st,
+                sightings.iter().map(|(a, v)| (*a, v.as_slice())),
+            );
+        }
+        let mut segment = vec![9; 3];
+        seal_segment(&mut segment, groups.len(), &body);
+        segment
+    }
+
+    fn read(segment: &[u8]) -> Result<SegmentGroups, CodecError> {
+        let mut out = Vec::new();
+        read_segment(segment, &DISTINCT, |k, st, sightings| {
+            out.push((
+                k.to_vec(),
+                st.to_vec(),
+                sightings
+                    .iter()
+                    .map(|(a, v)| (*a as u8, v.to_vec()))
+                    .collect(),
+            ));
+        })?;
+        Ok(out)
+    }
+
+    proptest! {
+        #[test]
+        fn window_segments_round_trip(groups in groups()) {
+            let segment = write(&groups);
+            prop_assert_eq!(segment[0], Kind::WindowSegment.version());
+            prop_assert_eq!(read(&segment).unwrap(), groups);
+            for cut in 0..segment.len() {
+                prop_assert!(read(&segment[..cut]).is_err(), "cut at {}", cut);
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic_as_a_segment(
+            bytes in proptest::collection::vec(any::<u8>(), 0..80),
+        ) {
+            let _ = read(&bytes);
+            let mut versioned = vec![Kind::WindowSegment.version()];
+            versioned.extend(bytes);
+            let _ = read(&versioned);
+        }
+    }
+
+    #[test]
+    fn a_sighting_of_an_aggregate_that_is_not_distinct_is_an_error() {
+        for agg in [1u8, 3, 255] {
+            let segment = write(&vec![(b"k".to_vec(), vec![], vec![(agg, b"v".to_vec())])]);
+            assert!(
+                matches!(read(&segment), Err(CodecError::Malformed { .. })),
+                "aggregate {agg}"
+            );
+        }
+        let mut old = write(&vec![(b"k".to_vec(), vec![], vec![])]);
+        old[0] = 7;
+        assert!(matches!(
+            read(&old),
+            Err(CodecError::Version {
+                kind: Kind::WindowSegment,
+                found: 7,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn short_stored_keys_are_errors_not_panics() {
+        let key = group_prefix(5, b"grp");
+        let full = with_kind(&key, KIND_STATE);
+        assert_eq!(
+            split_stored_key(&full).unwrap(),
+            (&b"grp"[..], KIND_STATE, &[][..])
+        );
+        for cut in 0..full.len() {
+            assert!(split_stored_key(&full[..cut]).is_err(), "cut at {cut}");
+        }
+        assert_eq!(pane_end(&full).unwrap(), 5);
+        assert!(pane_end(&full[..7]).is_err());
+        assert!(split_sighting(&[]).is_err());
     }
 }
