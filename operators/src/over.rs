@@ -35,7 +35,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, FixedSizeBinaryArray, Float64Array, Int64Array, RecordBatch,
     UInt32Array,
@@ -47,6 +47,7 @@ use datafusion::physical_expr::PhysicalExpr;
 use hashbrown::HashMap;
 use weir_sql::{OverFrame, OverFunction};
 use weir_state::OperatorState;
+use weir_state::codec::{self, CodecError, Kind, Reader, Writer};
 
 use crate::ids::{ROW_ID_LEN, RowId};
 use crate::operator::{Batch, Context, Operator, StateAttachment, event_times};
@@ -373,122 +374,108 @@ fn tagged(tag: u8, key: &[u8]) -> Vec<u8> {
 fn expiry_key(at: i64, key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(9 + key.len());
     k.push(TAG_EXPIRY);
-    k.extend_from_slice(&((at as u64) ^ (1 << 63)).to_be_bytes());
+    k.extend_from_slice(&codec::key::i64_bytes(at));
     k.extend_from_slice(key);
     k
 }
 
-/// A compact binary writer/reader for key states.
-struct Writer(Vec<u8>);
-
-impl Writer {
-    fn u64(&mut self, v: u64) {
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-    fn bytes(&mut self, b: &[u8]) {
-        self.u64(b.len() as u64);
-        self.0.extend_from_slice(b);
-    }
-    fn val(&mut self, v: &Val) {
-        match v {
-            Val::Null => self.0.push(0),
-            Val::I(x) => {
-                self.0.push(1);
-                self.u64(*x as u64);
-            }
-            Val::F(x) => {
-                self.0.push(2);
-                self.u64(x.to_bits());
-            }
-            Val::B(b) => {
-                self.0.push(3);
-                self.bytes(b);
-            }
+fn put_val(w: &mut Writer<'_>, v: &Val) {
+    match v {
+        Val::Null => w.u8(0),
+        Val::I(x) => {
+            w.u8(1);
+            w.i64(*x);
+        }
+        Val::F(x) => {
+            w.u8(2);
+            w.f64(*x);
+        }
+        Val::B(b) => {
+            w.u8(3);
+            w.bytes(b);
         }
     }
 }
 
-struct Reader<'a>(&'a [u8]);
-
-impl Reader<'_> {
-    fn take(&mut self, n: usize) -> anyhow::Result<&[u8]> {
-        if self.0.len() < n {
-            bail!("truncated OVER state");
-        }
-        let (a, b) = self.0.split_at(n);
-        self.0 = b;
-        Ok(a)
-    }
-    fn u64(&mut self) -> anyhow::Result<u64> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into()?))
-    }
-    fn bytes(&mut self) -> anyhow::Result<Box<[u8]>> {
-        let n = self.u64()? as usize;
-        Ok(self.take(n)?.into())
-    }
-    fn val(&mut self) -> anyhow::Result<Val> {
-        Ok(match self.take(1)?[0] {
-            0 => Val::Null,
-            1 => Val::I(self.u64()? as i64),
-            2 => Val::F(f64::from_bits(self.u64()?)),
-            3 => Val::B(self.bytes()?),
-            t => bail!("bad OVER state value tag {t}"),
-        })
-    }
+fn read_val(r: &mut Reader<'_>) -> Result<Val, CodecError> {
+    let at = r.position();
+    Ok(match r.u8()? {
+        0 => Val::Null,
+        1 => Val::I(r.i64()?),
+        2 => Val::F(r.f64()?),
+        3 => Val::B(r.bytes()?.into()),
+        _ => return Err(r.malformed_at(at, "unknown value tag")),
+    })
 }
 
 impl KeyState {
+    /// A `Kind::OverKey` record:
+    /// ```text
+    /// version base(varint) has_last(bool) [last_ts(i64)]
+    ///   history(varint) { ts(i64) val*calls }
+    ///   pending(varint) { ts(i64) row(bytes) id(raw 16) val*calls }
+    /// val = 0 (null) | 1 i64 | 2 f64 | 3 bytes (DISTINCT argument)
+    /// ```
     fn encode(&self) -> Vec<u8> {
-        let mut w = Writer(Vec::with_capacity(self.bytes + 64));
-        w.0.push(1); // version
-        w.u64(self.base);
-        w.u64(self.last_ts.map(|t| t as u64).unwrap_or(0));
-        w.0.push(self.last_ts.is_some() as u8);
-        w.u64(self.history.len() as u64);
+        let mut out = Vec::with_capacity(self.bytes + 64);
+        let mut w = Writer::record(&mut out, Kind::OverKey);
+        w.varint(self.base);
+        w.bool(self.last_ts.is_some());
+        if let Some(t) = self.last_ts {
+            w.i64(t);
+        }
+        w.len(self.history.len());
         for r in &self.history {
-            w.u64(r.ts as u64);
+            w.i64(r.ts);
             for v in r.vals.iter() {
-                w.val(v);
+                put_val(&mut w, v);
             }
         }
-        w.u64(self.pending.len() as u64);
+        w.len(self.pending.len());
         for p in &self.pending {
-            w.u64(p.ts as u64);
+            w.i64(p.ts);
             w.bytes(&p.row);
-            w.0.extend_from_slice(&p.id);
+            w.raw(&p.id);
             for v in p.vals.iter() {
-                w.val(v);
+                put_val(&mut w, v);
             }
         }
-        w.0
+        out
     }
 
-    fn decode(bytes: &[u8], calls: usize) -> anyhow::Result<Self> {
-        let mut r = Reader(bytes);
-        if r.take(1)?[0] != 1 {
-            bail!("unknown OVER state version");
-        }
-        let base = r.u64()?;
-        let last = r.u64()? as i64;
-        let last_ts = (r.take(1)?[0] == 1).then_some(last);
+    fn decode(bytes: &[u8], calls: usize) -> Result<Self, CodecError> {
+        let mut r = Reader::open(Kind::OverKey, bytes)?;
+        let base = r.varint()?;
+        let last_ts = if r.bool()? { Some(r.i64()?) } else { None };
         let mut ks = KeyState {
             base,
             last_ts,
             stored: true,
             ..Default::default()
         };
-        for _ in 0..r.u64()? {
-            let ts = r.u64()? as i64;
-            let vals = (0..calls).map(|_| r.val()).collect::<anyhow::Result<_>>()?;
+        // A history row is at least its time and a tag per call; a pending
+        // row also a length and its id.
+        let n = r.count(8 + calls)?;
+        ks.history.reserve(n);
+        for _ in 0..n {
+            let ts = r.i64()?;
+            let vals = (0..calls)
+                .map(|_| read_val(&mut r))
+                .collect::<Result<_, _>>()?;
             ks.history.push_back(HistoryRow { ts, vals });
         }
-        for _ in 0..r.u64()? {
-            let ts = r.u64()? as i64;
-            let row = r.bytes()?;
-            let id: RowId = r.take(ROW_ID_LEN)?.try_into()?;
-            let vals = (0..calls).map(|_| r.val()).collect::<anyhow::Result<_>>()?;
+        let n = r.count(8 + 1 + ROW_ID_LEN + calls)?;
+        ks.pending.reserve(n);
+        for _ in 0..n {
+            let ts = r.i64()?;
+            let row = r.bytes()?.into();
+            let id: RowId = r.raw(ROW_ID_LEN)?.try_into().expect("ROW_ID_LEN bytes");
+            let vals = (0..calls)
+                .map(|_| read_val(&mut r))
+                .collect::<Result<_, _>>()?;
             ks.pending.push(PendingRow { ts, row, id, vals });
         }
+        r.finish()?;
         ks.stored_pending = !ks.pending.is_empty();
         ks.bytes = bytes.len() * 2;
         Ok(ks)
@@ -887,7 +874,7 @@ impl OverAggregateOp {
             let mut stale = Vec::new();
             for entry in s.scan(&[TAG_EXPIRY])? {
                 let (k, _) = entry?;
-                let at = (u64::from_be_bytes(k[1..9].try_into()?) ^ (1 << 63)) as i64;
+                let at = codec::key::i64_at(&k, 1, "OVER expiry")?;
                 if at > watermark {
                     break;
                 }
@@ -1067,5 +1054,142 @@ impl Operator for OverAggregateOp {
             .values()
             .map(|k| k.history.len() + k.pending.len())
             .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A value as compared: floats by their bits.
+    #[derive(Debug, Clone, PartialEq)]
+    enum V {
+        Null,
+        I(i64),
+        F(u64),
+        B(Vec<u8>),
+    }
+
+    fn val() -> impl Strategy<Value = V> {
+        prop_oneof![
+            Just(V::Null),
+            any::<i64>().prop_map(V::I),
+            any::<u64>().prop_map(V::F),
+            proptest::collection::vec(any::<u8>(), 0..10).prop_map(V::B),
+        ]
+    }
+
+    fn to_val(v: &V) -> Val {
+        match v {
+            V::Null => Val::Null,
+            V::I(x) => Val::I(*x),
+            V::F(b) => Val::F(f64::from_bits(*b)),
+            V::B(b) => Val::B(b.as_slice().into()),
+        }
+    }
+
+    fn of_val(v: &Val) -> V {
+        match v {
+            Val::Null => V::Null,
+            Val::I(x) => V::I(*x),
+            Val::F(x) => V::F(x.to_bits()),
+            Val::B(b) => V::B(b.to_vec()),
+        }
+    }
+
+    const CALLS: usize = 2;
+
+    type History = Vec<(i64, Vec<V>)>;
+    type Pending = Vec<(i64, Vec<u8>, RowId, Vec<V>)>;
+
+    fn vals() -> impl Strategy<Value = Vec<V>> {
+        proptest::collection::vec(val(), CALLS)
+    }
+
+    proptest! {
+        #[test]
+        fn over_key_state_round_trips(
+            base in any::<u64>(),
+            last_ts in proptest::option::of(any::<i64>()),
+            history in proptest::collection::vec((any::<i64>(), vals()), 0..6),
+            pending in proptest::collection::vec(
+                (any::<i64>(), proptest::collection::vec(any::<u8>(), 0..20), any::<RowId>(), vals()),
+                0..6,
+            ),
+        ) {
+            let ks = KeyState {
+                base,
+                last_ts,
+                history: history
+                    .iter()
+                    .map(|(ts, vs)| HistoryRow { ts: *ts, vals: vs.iter().map(to_val).collect() })
+                    .collect(),
+                pending: pending
+                    .iter()
+                    .map(|(ts, row, id, vs)| PendingRow {
+                        ts: *ts,
+                        row: row.as_slice().into(),
+                        id: *id,
+                        vals: vs.iter().map(to_val).collect(),
+                    })
+                    .collect(),
+                ..Default::default()
+            };
+            let bytes = ks.encode();
+            prop_assert_eq!(bytes[0], Kind::OverKey.version());
+            let back = KeyState::decode(&bytes, CALLS).unwrap();
+            prop_assert_eq!(back.base, base);
+            prop_assert_eq!(back.last_ts, last_ts);
+            let h: History = back
+                .history
+                .iter()
+                .map(|r| (r.ts, r.vals.iter().map(of_val).collect()))
+                .collect();
+            prop_assert_eq!(h, history);
+            let p: Pending = back
+                .pending
+                .iter()
+                .map(|p| (p.ts, p.row.to_vec(), p.id, p.vals.iter().map(of_val).collect()))
+                .collect();
+            prop_assert_eq!(p, pending.clone());
+            prop_assert!(back.stored);
+            prop_assert_eq!(back.stored_pending, !pending.is_empty());
+            for cut in 0..bytes.len() {
+                prop_assert!(KeyState::decode(&bytes[..cut], CALLS).is_err(), "cut at {}", cut);
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic_as_over_state(
+            bytes in proptest::collection::vec(any::<u8>(), 0..80),
+        ) {
+            let _ = KeyState::decode(&bytes, CALLS);
+            let mut versioned = vec![Kind::OverKey.version()];
+            versioned.extend(bytes);
+            let _ = KeyState::decode(&versioned, CALLS);
+        }
+    }
+
+    #[test]
+    fn version_1_over_state_is_refused_by_name() {
+        let Err(err) = KeyState::decode(&[1; 40], CALLS) else {
+            panic!("version 1 read");
+        };
+        assert_eq!(
+            err,
+            CodecError::Version {
+                kind: Kind::OverKey,
+                found: 1,
+                supported: 2
+            }
+        );
+    }
+
+    #[test]
+    fn a_short_expiry_key_is_an_error() {
+        let k = expiry_key(-5, b"key");
+        assert_eq!(codec::key::i64_at(&k, 1, "OVER expiry").unwrap(), -5);
+        assert!(codec::key::i64_at(&k[..8], 1, "OVER expiry").is_err());
     }
 }
