@@ -51,6 +51,8 @@ use datafusion::physical_expr::PhysicalExpr;
 use hashbrown::HashMap;
 use weir_sql::LookupKind;
 use weir_state::OperatorState;
+use weir_state::codec::key::{self, KeyError};
+use weir_state::codec::{CodecError, Kind, Reader, Writer};
 
 use crate::ids::{ROW_ID_LEN, RowId};
 use crate::operator::{Batch, Context, Operator, StateAttachment, event_times};
@@ -72,43 +74,62 @@ struct Version {
     row: Option<Box<[u8]>>,
 }
 
-/// A key's versions in the store: per version, time (i64 LE), topic order
-/// (u64 LE), 1 + row length (u32 LE, 0 for a delete) and the row.
+/// A key's versions in the store, a `Kind::TableVersions` record:
+/// ```text
+/// version n(varint) { time(i64) seq(varint) has_row(bool) [row(bytes)] }*n
+/// ```
 fn encode_versions(versions: &[Version]) -> Vec<u8> {
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(
+        1 + versions
+            .iter()
+            .map(|v| 20 + v.row.as_ref().map_or(0, |r| r.len()))
+            .sum::<usize>(),
+    );
+    let mut w = Writer::record(&mut out, Kind::TableVersions);
+    w.len(versions.len());
     for v in versions {
-        out.extend_from_slice(&v.time.to_le_bytes());
-        out.extend_from_slice(&v.seq.to_le_bytes());
-        match &v.row {
-            None => out.extend_from_slice(&0u32.to_le_bytes()),
-            Some(r) => {
-                out.extend_from_slice(&(r.len() as u32 + 1).to_le_bytes());
-                out.extend_from_slice(r);
-            }
+        w.i64(v.time);
+        w.varint(v.seq);
+        w.bool(v.row.is_some());
+        if let Some(r) = &v.row {
+            w.bytes(r);
         }
     }
     out
 }
 
-fn decode_versions(mut b: &[u8]) -> anyhow::Result<Vec<Version>> {
-    let mut out = Vec::new();
-    while !b.is_empty() {
-        anyhow::ensure!(b.len() >= 20, "stored table versions are truncated");
-        let time = i64::from_le_bytes(b[..8].try_into().expect("8 bytes"));
-        let seq = u64::from_le_bytes(b[8..16].try_into().expect("8 bytes"));
-        let len = u32::from_le_bytes(b[16..20].try_into().expect("4 bytes")) as usize;
-        b = &b[20..];
-        let row = if len == 0 {
-            None
+fn decode_versions(b: &[u8]) -> Result<Vec<Version>, CodecError> {
+    let mut r = Reader::open(Kind::TableVersions, b)?;
+    // A version is at least its time, a seq byte and a flag.
+    let n = r.count(10)?;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let time = r.i64()?;
+        let seq = r.varint()?;
+        let row = if r.bool()? {
+            Some(r.bytes()?.into())
         } else {
-            anyhow::ensure!(b.len() >= len - 1, "stored table row is truncated");
-            let (r, rest) = b.split_at(len - 1);
-            b = rest;
-            Some(r.into())
+            None
         };
         out.push(Version { time, seq, row });
     }
+    r.finish()?;
     Ok(out)
+}
+
+/// The join's output watermark in the store, a `Kind::JoinWatermark` record:
+/// `version watermark(i64)`.
+fn encode_watermark(w: i64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(9);
+    Writer::record(&mut out, Kind::JoinWatermark).i64(w);
+    out
+}
+
+fn decode_watermark(b: &[u8]) -> Result<i64, CodecError> {
+    let mut r = Reader::open(Kind::JoinWatermark, b)?;
+    let w = r.i64()?;
+    r.finish()?;
+    Ok(w)
 }
 
 /// A table change for one key: key, version time, row (`None`: deleted).
@@ -169,18 +190,20 @@ const KEY_OUTPUT_WATERMARK: &[u8] = b"W";
 fn held_store_key(k: &HeldKey) -> Vec<u8> {
     let mut out = Vec::with_capacity(1 + 8 + ROW_ID_LEN);
     out.push(TAG_HELD);
-    out.extend_from_slice(&((k.0 as u64) ^ (1 << 63)).to_be_bytes());
+    out.extend_from_slice(&key::i64_bytes(k.0));
     out.extend_from_slice(&k.1);
     out
 }
 
-fn held_from_store_key(k: &[u8]) -> anyhow::Result<HeldKey> {
-    anyhow::ensure!(
-        k.len() == 1 + 8 + ROW_ID_LEN && k[0] == TAG_HELD,
-        "a held row's key in the store is malformed"
-    );
-    let t = u64::from_be_bytes(k[1..9].try_into().expect("8 bytes")) ^ (1 << 63);
-    Ok((t as i64, k[9..].try_into().expect("ROW_ID_LEN bytes")))
+fn held_from_store_key(k: &[u8]) -> Result<HeldKey, KeyError> {
+    const WHAT: &str = "held join row";
+    if k.len() != 1 + 8 + ROW_ID_LEN || k[0] != TAG_HELD {
+        return Err(KeyError {
+            what: WHAT,
+            len: k.len(),
+        });
+    }
+    Ok((key::i64_at(k, 1, WHAT)?, key::field(k, 9, WHAT)?))
 }
 
 impl Held {
@@ -287,11 +310,7 @@ impl Held {
 
     fn attach(&mut self, store: OperatorState) -> anyhow::Result<()> {
         if let Some(w) = store.get(KEY_OUTPUT_WATERMARK)? {
-            self.output_watermark = i64::from_le_bytes(
-                w.as_slice()
-                    .try_into()
-                    .map_err(|_| anyhow::anyhow!("the stored join watermark is malformed"))?,
-            );
+            self.output_watermark = decode_watermark(&w)?;
         }
         for entry in store.scan(&[TAG_HELD])? {
             let (k, v) = entry?;
@@ -317,7 +336,7 @@ impl Held {
         store.put(
             &mut batch,
             KEY_OUTPUT_WATERMARK,
-            &self.output_watermark.to_le_bytes(),
+            &encode_watermark(self.output_watermark),
         )?;
         store.write(batch)?;
         Ok(())
@@ -425,11 +444,11 @@ impl LookupJoinOp {
     fn get_many(&self, keys: &[&[u8]]) -> anyhow::Result<Vec<Option<Vec<Version>>>> {
         match &self.versions {
             Versions::Memory(map) => Ok(keys.iter().map(|k| map.get(*k).cloned()).collect()),
-            Versions::Store(store) => store
+            Versions::Store(store) => Ok(store
                 .multi_get(keys)?
                 .into_iter()
                 .map(|v| v.map(|b| decode_versions(&b)).transpose())
-                .collect(),
+                .collect::<Result<_, _>>()?),
         }
     }
 
@@ -651,5 +670,82 @@ impl Operator for LookupJoinOp {
         }
         self.versions = Versions::Store(store);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    type View = Vec<(i64, u64, Option<Vec<u8>>)>;
+
+    fn view(versions: &[Version]) -> View {
+        versions
+            .iter()
+            .map(|v| (v.time, v.seq, v.row.as_ref().map(|r| r.to_vec())))
+            .collect()
+    }
+
+    proptest! {
+        #[test]
+        fn table_versions_round_trip(
+            versions in proptest::collection::vec(
+                (
+                    any::<i64>(),
+                    any::<u64>(),
+                    proptest::option::of(proptest::collection::vec(any::<u8>(), 0..30)),
+                ),
+                0..8,
+            ),
+        ) {
+            let vs: Vec<Version> = versions
+                .iter()
+                .map(|(time, seq, row)| Version {
+                    time: *time,
+                    seq: *seq,
+                    row: row.as_ref().map(|r| r.as_slice().into()),
+                })
+                .collect();
+            let bytes = encode_versions(&vs);
+            prop_assert_eq!(bytes[0], Kind::TableVersions.version());
+            prop_assert_eq!(view(&decode_versions(&bytes).unwrap()), versions);
+            for cut in 0..bytes.len() {
+                prop_assert!(decode_versions(&bytes[..cut]).is_err(), "cut at {}", cut);
+            }
+        }
+
+        #[test]
+        fn join_watermarks_round_trip(w in any::<i64>()) {
+            let bytes = encode_watermark(w);
+            prop_assert_eq!(decode_watermark(&bytes).unwrap(), w);
+            for cut in 0..bytes.len() {
+                prop_assert!(decode_watermark(&bytes[..cut]).is_err());
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic_as_versions(
+            bytes in proptest::collection::vec(any::<u8>(), 0..80),
+        ) {
+            let _ = decode_versions(&bytes);
+            let _ = decode_watermark(&bytes);
+            let _ = held_from_store_key(&bytes);
+        }
+
+        #[test]
+        fn held_keys_round_trip(t in any::<i64>(), id in any::<RowId>()) {
+            let k = held_store_key(&(t, id));
+            prop_assert_eq!(held_from_store_key(&k).unwrap(), (t, id));
+            for cut in 0..k.len() {
+                prop_assert!(held_from_store_key(&k[..cut]).is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn an_old_join_watermark_is_refused() {
+        // Before the codec the watermark was 8 bytes without a version.
+        assert!(decode_watermark(&(-3i64).to_le_bytes()).is_err());
     }
 }
