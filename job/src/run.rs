@@ -404,8 +404,8 @@ pub fn default_state_root() -> PathBuf {
 /// fingerprint is refused rather than misread.
 fn state_fingerprint(source: &KafkaTable, flows: &[FlowRuntime]) -> anyhow::Result<String> {
     let mut h = blake3::Hasher::new();
-    // Bumped when the store layout changes (v2: window panes named by their end).
-    h.update(b"weir-state-v2");
+    // Changes with the store's record formats and key layout.
+    h.update(weir_state::codec::LAYOUT.as_bytes());
     h.update(source.topic.as_bytes());
     // A filesystem source's offsets name lines of its files: other files
     // (or the same files changed) make a checkpoint's position meaningless.
