@@ -109,6 +109,10 @@ impl Context {
     }
 }
 
+/// Why a row is set aside when its event time lies so near either end of
+/// the i64 milliseconds that its windows (or session) cannot be represented.
+pub const OUTSIDE_WINDOW_RANGE: &str = "event time is outside the range windows can be assigned in";
+
 /// The event-time column of an operator's input.
 pub fn event_times(
     data: &RecordBatch,

@@ -25,7 +25,11 @@ impl Hold {
     /// The watermark after which a row at `ts` is no longer needed.
     fn until(&self, ts: i64) -> i64 {
         match self {
-            Hold::Window(w, lateness) => w.last_end(ts).saturating_sub(1).saturating_add(*lateness),
+            // A row whose windows cannot be represented is set aside by the
+            // operator (dead-lettered), so nothing needs it held.
+            Hold::Window(w, lateness) => w
+                .last_end(ts)
+                .map_or(i64::MIN, |end| (end - 1).saturating_add(*lateness)),
             Hold::Over { horizon_ms } => ts.saturating_add(*horizon_ms),
         }
     }

@@ -55,6 +55,7 @@ mod session;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use anyhow::Context as _;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, UInt32Array};
 use datafusion::arrow::compute::take;
 use datafusion::logical_expr::GroupsAccumulator;
@@ -71,7 +72,9 @@ use aggregation::Inputs;
 use groups::{Dict, Groups, Seen, unpair};
 
 use crate::ids::{Change, RowId, change_row_id, id_array, window_row_id};
-use crate::operator::{Batch, Context, Operator, StateAttachment, event_times};
+use crate::operator::{
+    Batch, Context, OUTSIDE_WINDOW_RANGE, Operator, StateAttachment, event_times,
+};
 
 /// What a pane accumulated since it was last moved to the store (all of it,
 /// for a pane that never was).
@@ -343,7 +346,11 @@ impl WindowAggregateOp {
         ids: Vec<RowId>,
         watermark: i64,
     ) -> anyhow::Result<Batch> {
-        let bounds = vec![(self.assigner.start_of(end), end); keys.len()];
+        let start = self
+            .assigner
+            .start_of(end)
+            .context("a pane's window start is outside the i64 milliseconds")?;
+        let bounds = vec![(start, end); keys.len()];
         let data = self.agg.evaluate(keys, &bounds, accumulators)?;
         Ok(Batch::uniform(data, watermark, Arc::new(id_array(ids))))
     }
@@ -733,7 +740,10 @@ impl WindowAggregateOp {
             let keys: Vec<Box<[u8]>> = chunk.iter().map(|(k, _)| (*k).clone()).collect();
             let emitted_before: HashMap<&[u8], bool> =
                 chunk.iter().map(|(k, e)| (k.as_ref(), **e)).collect();
-            let start = self.assigner.start_of(pane.end);
+            let start = self
+                .assigner
+                .start_of(pane.end)
+                .context("a pane's window start is outside the i64 milliseconds")?;
             let id = |k: &[u8]| {
                 if emitted_before[k] {
                     change_row_id(
@@ -900,7 +910,7 @@ impl WindowAggregateOp {
             } else if !p.changed.is_empty() || !p.delta.keys.is_empty() {
                 i64::MIN
             } else {
-                p.end - 1 + lateness
+                (p.end - 1).saturating_add(lateness)
             };
             due = due.min(t);
             if p.end - 1 > due {
@@ -928,7 +938,7 @@ impl WindowAggregateOp {
             } else {
                 self.fire(&mut pane, watermark, lateness > 0, out)?;
             }
-            if end - 1 + lateness <= watermark {
+            if (end - 1).saturating_add(lateness) <= watermark {
                 if lateness > 0 {
                     self.purge(&pane)?;
                 }
@@ -1092,6 +1102,7 @@ impl Operator for WindowAggregateOp {
         let mut inputs: Option<Inputs> = None;
         let mut by_pane: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
         let mut late: Vec<u32> = Vec::new();
+        let mut out_of_range: Vec<u32> = Vec::new();
         let mut next_due = self.next_due();
         for row in 0..n {
             let w = wm[row];
@@ -1112,9 +1123,14 @@ impl Operator for WindowAggregateOp {
             }
             let ts = times.value(row);
             let arrived_under = w.max(self.fired_through);
+            let Some(ends) = self.assigner.ends(ts) else {
+                out_of_range.push(row as u32);
+                continue;
+            };
             let mut assigned = false;
-            for end in self.assigner.ends(ts) {
-                if end - 1 + lateness <= arrived_under {
+            // A window ends after ts, so `end - 1` cannot overflow.
+            for end in ends {
+                if (end - 1).saturating_add(lateness) <= arrived_under {
                     // This and every earlier window are closed.
                     break;
                 }
@@ -1143,6 +1159,7 @@ impl Operator for WindowAggregateOp {
             late,
             "late: every window this row belongs to had already closed",
         )?;
+        ctx.set_aside_late(&batch, out_of_range, OUTSIDE_WINDOW_RANGE)?;
         self.enforce_budget()?;
         self.sweep(false);
         Ok(())
