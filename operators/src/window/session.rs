@@ -42,7 +42,9 @@ use weir_state::codec::{CodecError, Kind, Reader, Writer};
 
 use super::aggregation::{Aggregation, Inputs};
 use crate::ids::{Change, ROW_ID_LEN, RowId, change_row_id, id_array};
-use crate::operator::{Batch, Context, Operator, StateAttachment, event_times};
+use crate::operator::{
+    Batch, Context, OUTSIDE_WINDOW_RANGE, Operator, StateAttachment, event_times,
+};
 
 struct Group {
     /// Row-encoded accumulator states to merge (one, unless sessions merged).
@@ -230,7 +232,7 @@ impl SessionOp {
                 if s.end - 1 > self.fired_through {
                     s.end - 1
                 } else {
-                    s.end - 1 + self.lateness
+                    (s.end - 1).saturating_add(self.lateness)
                 }
             })
             .min()
@@ -261,9 +263,9 @@ impl SessionOp {
 
     /// The interval step for one row: the session it lands in (merging what
     /// it bridges), or `None` if it is late. Returns the session's id and the
-    /// watermark at which it needs attention.
+    /// watermark at which it needs attention. `ts + gap` must not overflow.
     fn land(&mut self, pk: &[u8], ts: i64, arrived_under: i64) -> Option<(u64, i64)> {
-        let (lo, hi) = (ts, ts.saturating_add(self.gap));
+        let (lo, hi) = (ts, ts + self.gap);
         let key = self.keys.entry(pk.into()).or_default();
         let hits: Vec<usize> = key
             .sessions
@@ -274,7 +276,7 @@ impl SessionOp {
             .collect();
         let at = match hits.first() {
             None => {
-                if hi - 1 + self.lateness <= arrived_under {
+                if (hi - 1).saturating_add(self.lateness) <= arrived_under {
                     if key.sessions.is_empty() {
                         self.keys.remove(pk);
                     }
@@ -539,7 +541,8 @@ impl SessionOp {
             let Some(key) = self.keys.get_mut(&pk) else {
                 continue;
             };
-            key.sessions.retain(|s| s.end - 1 + lateness > watermark);
+            key.sessions
+                .retain(|s| (s.end - 1).saturating_add(lateness) > watermark);
             self.dirty.insert(pk.clone());
             if key.sessions.is_empty() {
                 if let Some(t) = key.due {
@@ -687,6 +690,7 @@ impl Operator for SessionOp {
         let mut landed: Vec<Landed> = Vec::new();
         let mut merged_into: HashMap<u64, u64> = HashMap::new();
         let mut late: Vec<u32> = Vec::new();
+        let mut out_of_range: Vec<u32> = Vec::new();
         let mut next_due = self.next_due();
         for row in 0..n {
             let w = wm[row];
@@ -706,6 +710,11 @@ impl Operator for SessionOp {
                 continue;
             }
             let ts = times.value(row);
+            if ts.checked_add(self.gap).is_none() {
+                // The session would end after the last representable time.
+                out_of_range.push(row as u32);
+                continue;
+            }
             let pk: &[u8] = partitions.as_ref().map_or(&[], |p| p.row(row).data());
             let arrived_under = w.max(self.fired_through);
             let before: Vec<u64> = self
@@ -732,6 +741,7 @@ impl Operator for SessionOp {
             }
         }
         self.update(&inputs, partitions.as_ref(), landed, &merged_into)?;
+        ctx.set_aside_late(&batch, out_of_range, OUTSIDE_WINDOW_RANGE)?;
         ctx.set_aside_late(
             &batch,
             late,
