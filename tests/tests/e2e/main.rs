@@ -31,6 +31,7 @@ mod session_state;
 mod state_scale;
 mod transactions;
 mod window_restore;
+mod window_time_range;
 
 static ALONE: RwLock<()> = RwLock::new(());
 

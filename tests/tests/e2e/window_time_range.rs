@@ -144,6 +144,7 @@ fn check_windows(o: &Outcome) {
 
 #[test]
 fn tumble_sets_aside_rows_whose_window_cannot_be_represented() {
+    let _shared = crate::shared();
     let o = run(
         &query("TUMBLE(TABLE ev, DESCRIPTOR(ts), INTERVAL '1' MINUTE)"),
         &TIMES,
@@ -169,6 +170,7 @@ fn tumble_sets_aside_rows_whose_window_cannot_be_represented() {
 
 #[test]
 fn hop_and_cumulate_refuse_a_row_if_any_of_its_windows_cannot_be_represented() {
+    let _shared = crate::shared();
     let hop = run(
         &query("HOP(TABLE ev, DESCRIPTOR(ts), INTERVAL '1' MINUTE, INTERVAL '3' MINUTE)"),
         &TIMES,
@@ -194,6 +196,7 @@ fn hop_and_cumulate_refuse_a_row_if_any_of_its_windows_cannot_be_represented() {
 
 #[test]
 fn session_sets_aside_rows_whose_session_would_end_after_the_end_of_time() {
+    let _shared = crate::shared();
     let o = run(
         "INSERT INTO out SELECT k, window_start, window_end, count(*) AS n \
          FROM TABLE(SESSION(TABLE ev PARTITION BY k, DESCRIPTOR(ts), INTERVAL '10' SECOND)) \
@@ -217,6 +220,7 @@ fn session_sets_aside_rows_whose_session_would_end_after_the_end_of_time() {
 
 #[test]
 fn over_frames_reach_the_ends_of_time_without_overflow() {
+    let _shared = crate::shared();
     // OVER needs no window: every row the watermark had not passed is
     // emitted (MIN arrived under a watermark of MIN: late), its frame cut
     // at MIN.
