@@ -31,7 +31,6 @@ pub use build::build_chain;
 pub use chain::Chain;
 pub use decode::{BadRecord, JsonDecoder, RecordMeta};
 pub use encode::{EncodedBatch, JsonEncoder};
-pub use lookup::TableChanges;
-pub use operator::{Batch, Context, Operator, StateAttachment};
+pub use operator::{Batch, Context, Operator, StateAttachment, TableChanges};
 pub use predict::{Model, TractInspector};
 pub use watermark::WatermarkTracker;

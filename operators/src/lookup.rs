@@ -55,17 +55,8 @@ use weir_state::codec::key::{self, KeyError};
 use weir_state::codec::{CodecError, Kind, Reader, Writer};
 
 use crate::ids::{ROW_ID_LEN, RowId};
-use crate::operator::{Batch, Context, Operator, StateAttachment, event_times};
+use crate::operator::{Batch, Context, Operator, StateAttachment, TableChanges, event_times};
 use crate::watermark::END_OF_TIME;
-
-/// What a table's topic said since it was last read, in topic order.
-pub struct TableChanges {
-    /// Decoded rows (upserts), in the table's schema.
-    pub rows: RecordBatch,
-    /// Deletes (records without a value): where among `rows` each comes (it
-    /// precedes row `position`), its key as text, and its version time.
-    pub deletes: Vec<(usize, String, i64)>,
-}
 
 #[derive(Clone)]
 struct Version {

@@ -10,6 +10,15 @@ use datafusion::arrow::compute::{filter, filter_record_batch, take, take_record_
 use datafusion::arrow::datatypes::TimestampMillisecondType;
 use weir_state::OperatorState;
 
+/// What a table's topic said since it was last read, in topic order.
+pub struct TableChanges {
+    /// Decoded rows (upserts), in the table's schema.
+    pub rows: RecordBatch,
+    /// Deletes (records without a value): where among `rows` each comes (it
+    /// precedes row `position`), its key as text, and its version time.
+    pub deletes: Vec<(usize, String, i64)>,
+}
+
 /// A batch of rows plus, beside the data, the watermark each row arrived
 /// under and each row's stable identity. Windows use the former to decide
 /// lateness row by row, so a batch gives the same result as feeding its rows
@@ -192,11 +201,7 @@ pub trait Operator: Send {
 
     /// New rows of a table read from a compacted topic, for the operators
     /// that join it (others ignore them).
-    fn apply_table(
-        &mut self,
-        _table: &str,
-        _changes: &crate::lookup::TableChanges,
-    ) -> anyhow::Result<()> {
+    fn apply_table(&mut self, _table: &str, _changes: &TableChanges) -> anyhow::Result<()> {
         Ok(())
     }
 
