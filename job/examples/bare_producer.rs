@@ -61,8 +61,9 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let counts = Arc::new(Counts::default());
-    let producer: ThreadedProducer<Ctx> = weir::kafka::producer_config(&brokers, &properties)
-        .create_with_context(Ctx(counts.clone()))?;
+    let producer: ThreadedProducer<Ctx> =
+        weir::kafka::producer_config(&weir::connection::Connection::plain(&brokers), &properties)
+            .create_with_context(Ctx(counts.clone()))?;
     let records: Vec<(String, String)> = (0..1000u64)
         .map(|i| {
             let card = format!("card-{:06}", i * 97 % 100_000);

@@ -36,6 +36,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tracing::warn;
 use weir_state::{ChangelogLink, CheckpointMeta, TaskStore};
 
+use crate::connection::Connection;
 use crate::sink::Sink;
 
 /// Bytes of state changes per changelog record.
@@ -146,7 +147,7 @@ pub fn await_handover(
         }
     }
     let _clear = Clear(waiting_since_ms);
-    let consumer = crate::kafka::scan_consumer(sink.bootstrap(), "weir-changelog-handover")?;
+    let consumer = crate::kafka::scan_consumer(sink.cluster(), "weir-changelog-handover")?;
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, partition, Offset::Beginning)?;
     consumer.assign(&tpl)?;
@@ -480,13 +481,13 @@ impl Read {
 }
 
 fn read(
-    bootstrap: &str,
+    cluster: &Connection,
     topic: &str,
     partition: i32,
     from: Offset,
     timeout: Duration,
 ) -> anyhow::Result<Read> {
-    let consumer = crate::kafka::scan_consumer(bootstrap, "weir-changelog-restore")?;
+    let consumer = crate::kafka::scan_consumer(cluster, "weir-changelog-restore")?;
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, partition, from)?;
     consumer.assign(&tpl)?;
@@ -571,7 +572,7 @@ fn apply(
 /// Rebuilds `store` (empty) from the changelog's newest commit. `None` when
 /// the changelog holds no checkpoint.
 pub fn restore(
-    bootstrap: &str,
+    cluster: &Connection,
     topic: &str,
     partition: i32,
     store: &TaskStore,
@@ -579,7 +580,7 @@ pub fn restore(
     timeout: Duration,
 ) -> anyhow::Result<Option<Restored>> {
     let started = Instant::now();
-    let read = read(bootstrap, topic, partition, Offset::Beginning, timeout)?;
+    let read = read(cluster, topic, partition, Offset::Beginning, timeout)?;
     let Some(meta) = read.newest(topic)? else {
         return Ok(None);
     };
@@ -616,7 +617,7 @@ pub enum CatchUp {
 /// Reads the changelog after the local checkpoint's commit record and, if a
 /// newer checkpoint was committed there, brings `store` up to it.
 pub fn catch_up(
-    bootstrap: &str,
+    cluster: &Connection,
     topic: &str,
     partition: i32,
     store: &TaskStore,
@@ -630,7 +631,7 @@ pub fn catch_up(
             garbage: Vec::new(),
         });
     };
-    let read = read(bootstrap, topic, partition, Offset::Offset(from), timeout)?;
+    let read = read(cluster, topic, partition, Offset::Offset(from), timeout)?;
     let local_chain = local.changelog.clone().unwrap_or_default();
     let newest = match read.newest(topic)? {
         Some(m) if m.id > local.id => m,

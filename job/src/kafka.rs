@@ -12,6 +12,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use weir_sql::{KafkaTable, StartupMode};
 
+use crate::connection::Connection;
+
 /// A consumer context that does not log end-of-partition events as errors:
 /// weir asks for them (bounded reads, reading a table to its end) and handles
 /// them itself. Other client errors are logged as librdkafka's default does.
@@ -68,10 +70,14 @@ pub fn consumer_config(table: &KafkaTable, group_id: &str) -> ClientConfig {
     c
 }
 
-pub fn producer_config(bootstrap: &str, properties: &BTreeMap<String, String>) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", bootstrap)
-        .set("linger.ms", "5")
+/// A producer for `cluster`: weir's settings, then `properties` (a sink
+/// table's `properties.*`) over them.
+pub fn producer_config(
+    cluster: &Connection,
+    properties: &BTreeMap<String, String>,
+) -> ClientConfig {
+    let mut c = cluster.config();
+    c.set("linger.ms", "5")
         .set("batch.num.messages", "10000")
         // What the producer may hold unacknowledged before `produce` waits
         // (backpressure): a bound on memory (was 1 GiB). It did not change
@@ -106,9 +112,9 @@ pub fn apply_properties(c: &mut ClientConfig, properties: &BTreeMap<String, Stri
 
 /// A consumer for reading assigned partitions to their end once (no commits,
 /// end-of-partition events on, short fetch waits for tansu).
-pub fn scan_consumer(bootstrap: &str, group: &str) -> anyhow::Result<WeirConsumer> {
-    ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+pub fn scan_consumer(cluster: &Connection, group: &str) -> anyhow::Result<WeirConsumer> {
+    cluster
+        .config()
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
@@ -129,8 +135,8 @@ pub struct TopicFollower {
 }
 
 impl TopicFollower {
-    pub fn open(bootstrap: &str, topic: &str, group: &str) -> anyhow::Result<Self> {
-        let consumer = scan_consumer(bootstrap, group)?;
+    pub fn open(cluster: &Connection, topic: &str, group: &str) -> anyhow::Result<Self> {
+        let consumer = scan_consumer(cluster, group)?;
         let mut tpl = rdkafka::TopicPartitionList::new();
         tpl.add_partition_offset(topic, 0, rdkafka::Offset::Beginning)?;
         consumer.assign(&tpl)?;
@@ -199,7 +205,7 @@ pub const CHANGE_HEADER: &str = "weir.change";
 /// and returns the identities (the `weir.id` header) of what is there: the
 /// output a crashed run produced after its last checkpoint.
 pub fn read_output_ids(
-    bootstrap: &str,
+    cluster: &Connection,
     from: &BTreeMap<String, BTreeMap<i32, i64>>,
     timeout: Duration,
 ) -> anyhow::Result<(std::collections::HashSet<Box<[u8]>>, u64)> {
@@ -210,7 +216,7 @@ pub fn read_output_ids(
     if from.values().all(|p| p.is_empty()) {
         return Ok((ids, 0));
     }
-    let consumer = scan_consumer(bootstrap, "weir-output-scan")?;
+    let consumer = scan_consumer(cluster, "weir-output-scan")?;
     let deadline = std::time::Instant::now() + timeout;
     // One topic at a time: end-of-partition events name no topic.
     for (topic, partitions) in from {
@@ -257,12 +263,12 @@ pub fn read_output_ids(
 /// The current end offset of each partition of `topic` (a lower bound on
 /// brokers whose reported end lags, which is what callers need).
 pub fn end_offsets(
-    bootstrap: &str,
+    cluster: &Connection,
     topic: &str,
     timeout: Duration,
 ) -> anyhow::Result<BTreeMap<i32, i64>> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+    let consumer: BaseConsumer = cluster
+        .config()
         .create()
         .context("creating a Kafka client")?;
     let md = consumer.fetch_metadata(Some(topic), timeout)?;
@@ -296,4 +302,17 @@ pub fn startup_offset<C: ConsumerContext>(
     } else {
         low.max(0)
     })
+}
+
+/// The librdkafka weir runs on and what it was built with, e.g.
+/// "librdkafka 2.12.1 (gzip, snappy, ssl, sasl, ..., zstd, oidc)": what
+/// `weir --version` prints, so a user can see which security protocols and
+/// codecs this build can speak.
+pub fn librdkafka_build() -> String {
+    let (_, version) = rdkafka::util::get_rdkafka_version();
+    let features = ClientConfig::new()
+        .create_native_config()
+        .and_then(|c| c.get("builtin.features"))
+        .unwrap_or_else(|e| format!("features unknown: {e}"));
+    format!("librdkafka {version} ({})", features.replace(',', ", "))
 }

@@ -15,6 +15,7 @@
 
 pub mod changelog;
 pub mod cluster;
+pub mod connection;
 pub mod counters;
 pub mod embedded;
 pub mod files;

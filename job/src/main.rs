@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use weir::generate::FraudGenerator;
 use weir::load::process_env;
 use weir::{RunOptions, load_pipeline, run_pipeline};
@@ -43,15 +43,33 @@ struct ClusterArgs {
     /// The topic workers report their status to.
     #[arg(long, default_value = weir::cluster::status::STATUS_TOPIC)]
     status_topic: String,
+    /// A librdkafka property for connecting to the cluster (TLS, SASL, ...),
+    /// KEY=VALUE; repeatable.
+    #[arg(long = "property", value_name = "KEY=VALUE")]
+    properties: Vec<String>,
+    /// A file of such properties, one KEY=VALUE a line (`#` comments): for
+    /// secrets, which a command line shows to every user of the machine.
+    #[arg(long, value_name = "FILE")]
+    properties_file: Option<PathBuf>,
 }
 
 impl ClusterArgs {
-    fn topics(&self) -> weir::cluster::ClusterTopics {
-        weir::cluster::ClusterTopics {
-            brokers: self.brokers.clone(),
+    fn connection(&self) -> anyhow::Result<weir::connection::Connection> {
+        Ok(weir::connection::Connection {
+            bootstrap: self.brokers.clone(),
+            properties: weir::connection::parse_properties(
+                &self.properties,
+                self.properties_file.as_deref(),
+            )?,
+        })
+    }
+
+    fn topics(&self) -> anyhow::Result<weir::cluster::ClusterTopics> {
+        Ok(weir::cluster::ClusterTopics {
+            cluster: self.connection()?,
             registry: self.registry_topic.clone(),
             status: self.status_topic.clone(),
-        }
+        })
     }
 }
 
@@ -162,7 +180,16 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    let version = format!(
+        "{} with {}",
+        env!("CARGO_PKG_VERSION"),
+        weir::kafka::librdkafka_build()
+    );
+    let matches = Cli::command().version(version).get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -247,7 +274,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let state_dir = state_dir
                 .unwrap_or_else(|| weir::run::default_state_root().join(format!("worker-{id}")));
             weir::cluster::worker::run_worker(weir::cluster::WorkerOptions {
-                brokers: cluster.brokers.clone(),
+                cluster: cluster.connection()?,
                 id,
                 http,
                 state_dir,
@@ -262,7 +289,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             name,
             cluster,
         } => {
-            let spec = weir::cluster::submit(&file, name, &cluster.topics())?;
+            let spec = weir::cluster::submit(&file, name, &cluster.topics()?)?;
             eprintln!(
                 "submitted job {} (version {}) to '{}' at {}",
                 spec.name, spec.version, cluster.registry_topic, cluster.brokers
@@ -270,11 +297,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Jobs { cluster } => {
-            print!("{}", weir::cluster::jobs_table(&cluster.topics())?);
+            print!("{}", weir::cluster::jobs_table(&cluster.topics()?)?);
             Ok(())
         }
         Command::Describe { name, cluster } => {
-            print!("{}", weir::cluster::describe(&name, &cluster.topics())?);
+            print!("{}", weir::cluster::describe(&name, &cluster.topics()?)?);
             Ok(())
         }
         Command::Stop {
@@ -282,7 +309,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cluster,
             wait_secs,
         } => {
-            weir::cluster::stop(&name, &cluster.topics(), Duration::from_secs(wait_secs))?;
+            weir::cluster::stop(&name, &cluster.topics()?, Duration::from_secs(wait_secs))?;
             eprintln!("job {name} stopped");
             Ok(())
         }
@@ -315,7 +342,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                     Some(b) => {
                         let sink = weir::sink::Sink::new(&weir::kafka::producer_config(
-                            &b,
+                            &weir::connection::Connection::plain(&b),
                             &Default::default(),
                         ))?;
                         for (key, value) in &rows {
@@ -340,7 +367,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 Some(b) => {
                     let sink = weir::sink::Sink::new(&weir::kafka::producer_config(
-                        &b,
+                        &weir::connection::Connection::plain(&b),
                         &Default::default(),
                     ))?;
                     for _ in 0..events {

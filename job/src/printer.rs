@@ -6,18 +6,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use rdkafka::ClientConfig;
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
+use crate::connection::Connection;
+
 pub fn spawn_printer(
-    bootstrap: String,
+    cluster: Connection,
     topics: Vec<String>,
     lines_per_second: usize,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
+    let consumer: BaseConsumer = cluster
+        .config()
         .set("group.id", "weir-printer")
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")

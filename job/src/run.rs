@@ -1,7 +1,7 @@
 //! Running a planned pipeline: brokers, topics, one thread per source table,
 //! and the embedded broker and generator when the file asks for them.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,6 +13,7 @@ use weir_operators::{JsonEncoder, build_chain};
 use weir_sql::catalog::{parse_duration_ms, parse_size_bytes};
 use weir_sql::{DeliveryGuarantee, KafkaTable};
 
+use crate::connection::Connection;
 use crate::counters::TaskCounters;
 use crate::embedded::{EMBEDDED, EmbeddedBroker};
 use crate::generate::FraudGenerator;
@@ -127,12 +128,13 @@ pub fn run_pipeline(mut loaded: LoadedPipeline, options: RunOptions) -> anyhow::
     };
     let plan = &loaded.plan;
 
-    let mut servers: BTreeSet<&str> = BTreeSet::new();
+    // Every cluster the tables name, reached as each table connects to it.
+    let mut clusters: BTreeMap<Connection, Vec<&str>> = BTreeMap::new();
     for t in plan.sources().iter().chain(plan.sinks().iter()) {
-        servers.insert(&t.bootstrap_servers);
+        clusters.entry(Connection::of(t)).or_default().push(&t.name);
     }
-    for s in &servers {
-        topics::check_reachable(s)?;
+    for (cluster, tables) in &clusters {
+        topics::check_reachable(cluster).with_context(|| format!("table {}", tables.join(", ")))?;
     }
 
     // Topics: sources must exist (the embedded broker creates them, and its
@@ -180,7 +182,7 @@ pub fn run_pipeline(mut loaded: LoadedPipeline, options: RunOptions) -> anyhow::
                     .into_iter()
                     .filter(|t| t.bootstrap_servers == table.bootstrap_servers),
             );
-            let config = producer_config(&table.bootstrap_servers, &properties);
+            let config = producer_config(&Connection::of(table), &properties);
             sinks.insert(
                 table.bootstrap_servers.clone(),
                 Arc::new(Sink::new(&config)?),
@@ -192,8 +194,8 @@ pub fn run_pipeline(mut loaded: LoadedPipeline, options: RunOptions) -> anyhow::
     let mut printer = None;
     if print {
         let topics: Vec<String> = plan.sinks().iter().map(|t| t.topic.clone()).collect();
-        let bootstrap = plan.sinks()[0].bootstrap_servers.clone();
-        printer = Some(spawn_printer(bootstrap, topics, 10, stop.clone())?);
+        let cluster = Connection::of(plan.sinks()[0]);
+        printer = Some(spawn_printer(cluster, topics, 10, stop.clone())?);
     }
 
     let group_id = options
@@ -246,7 +248,7 @@ pub fn run_pipeline(mut loaded: LoadedPipeline, options: RunOptions) -> anyhow::
         counters.insert(source.name.clone(), task_counters.clone());
         let changelog_topic = if factory.changelogs && TaskFactory::stateful(&flows) {
             let topic = topics::changelog_name(&group_id, &source.name);
-            admin.changelog(&bootstrap, &topic, 1)?;
+            admin.changelog(&Connection::of(sink_tables[0]), &topic, 1)?;
             Some(topic)
         } else {
             None
@@ -326,7 +328,7 @@ pub fn run_pipeline(mut loaded: LoadedPipeline, options: RunOptions) -> anyhow::
 /// The fraud example's merchant-risk table, written once, valid from a day ago
 /// (before any generated transaction).
 fn write_merchant_table(table: &KafkaTable) -> anyhow::Result<()> {
-    let config = producer_config(&table.bootstrap_servers, &BTreeMap::new());
+    let config = producer_config(&Connection::of(table), &BTreeMap::new());
     let sink = Sink::new(&config)?;
     let since = chrono::Utc::now().timestamp_millis() - 86_400_000;
     let rows = crate::generate::merchant_table(since);
@@ -350,7 +352,7 @@ fn spawn_generator(
         );
     }
     let rate = source.embedded_generator_rate.unwrap_or(2000).max(1);
-    let config = producer_config(&source.bootstrap_servers, &BTreeMap::new());
+    let config = producer_config(&Connection::of(source), &BTreeMap::new());
     let sink = Sink::new(&config)?;
     let topic = source.topic.clone();
     info!("generating fraud-example transactions into '{topic}' at {rate} events/s");
@@ -552,7 +554,10 @@ impl TaskFactory {
                 other.bootstrap_servers
             );
         }
-        let mut config = producer_config(&bootstrap, &sink_properties(sink_tables.iter().copied()));
+        let mut config = producer_config(
+            &Connection::of(sink_tables[0]),
+            &sink_properties(sink_tables.iter().copied()),
+        );
         // A transaction spans a checkpoint interval; the broker caps this
         // at its transaction.max.timeout.ms (15 min by default).
         let timeout_ms = (self.checkpoint_interval.as_millis() * 3).clamp(60_000, 900_000);

@@ -14,6 +14,8 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::{ClientContext, TopicPartitionList};
 use tracing::warn;
 
+use crate::connection::Connection;
+
 /// Counts delivery outcomes; a failed delivery fails the next flush.
 #[derive(Default)]
 pub struct SinkContext {
@@ -57,7 +59,7 @@ impl ProducerContext for SinkContext {
 /// The job's producer, shared by its tasks.
 pub struct Sink {
     producer: ThreadedProducer<SinkContext>,
-    bootstrap: String,
+    cluster: Connection,
     transactional: bool,
 }
 
@@ -70,10 +72,7 @@ impl Sink {
             .context("creating the Kafka producer")?;
         Ok(Self {
             producer,
-            bootstrap: config
-                .get("bootstrap.servers")
-                .unwrap_or_default()
-                .to_owned(),
+            cluster: Connection::from_config(config),
             transactional: false,
         })
     }
@@ -123,8 +122,9 @@ impl Sink {
         Ok(())
     }
 
-    pub fn bootstrap(&self) -> &str {
-        &self.bootstrap
+    /// The cluster the producer writes to, and how it connects.
+    pub fn cluster(&self) -> &Connection {
+        &self.cluster
     }
 
     /// One past the highest acknowledged offset, per partition of each of

@@ -18,13 +18,13 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::types::RDKafkaErrorCode;
 use weir_sql::{KafkaTable, PipelinePlan};
 
+use crate::connection::Connection;
 use crate::embedded::EmbeddedBroker;
 
 /// How long a cluster may take to answer a metadata or admin request.
@@ -44,11 +44,11 @@ pub fn repartition_name(group_id: &str, source: &str) -> String {
 
 /// The cluster a source task writes to: its first flow's sink's. Its dead
 /// letters and changelog go there too, through the same producer.
-pub fn output_cluster<'p>(plan: &'p PipelinePlan, source: &str) -> Option<&'p str> {
+pub fn output_cluster(plan: &PipelinePlan, source: &str) -> Option<Connection> {
     plan.flows
         .iter()
         .find(|f| f.source == source)
-        .map(|f| plan.tables[&f.sink].bootstrap_servers.as_str())
+        .map(|f| Connection::of(&plan.tables[&f.sink]))
 }
 
 /// Creates and checks topics: through the clusters' admin API, or on the
@@ -75,13 +75,13 @@ impl<'a> Admin<'a> {
             }
             if let Some(dlq) = &source.dead_letter_topic {
                 let cluster =
-                    output_cluster(plan, &source.name).unwrap_or(source.bootstrap_servers.as_str());
-                self.output(cluster, dlq, 1)?;
+                    output_cluster(plan, &source.name).unwrap_or_else(|| Connection::of(source));
+                self.output(&cluster, dlq, 1)?;
             }
         }
         for sink in plan.sinks() {
             self.output(
-                &sink.bootstrap_servers,
+                &Connection::of(sink),
                 &sink.topic,
                 sink.partitions.unwrap_or(1),
             )?;
@@ -102,7 +102,7 @@ impl<'a> Admin<'a> {
             self.create(&table.topic, n)?;
             return Ok(n);
         }
-        let n = partition_count(&table.bootstrap_servers, &table.topic)?.with_context(|| {
+        let n = partition_count(&Connection::of(table), &table.topic)?.with_context(|| {
             format!(
                 "source table {}: topic '{}' does not exist at {}",
                 table.name, table.topic, table.bootstrap_servers
@@ -113,7 +113,7 @@ impl<'a> Admin<'a> {
 
     /// An output topic (a sink's or dead letters), created with `partitions`
     /// unless it exists.
-    pub fn output(&self, cluster: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
+    pub fn output(&self, cluster: &Connection, topic: &str, partitions: i32) -> anyhow::Result<()> {
         match self.embedded {
             Some(_) => self.create(topic, partitions),
             None => ensure_topic(cluster, topic, partitions, &[]),
@@ -122,7 +122,7 @@ impl<'a> Admin<'a> {
 
     /// The compacted changelog topic of a source's tasks, one partition per
     /// task, unless it exists; an existing topic must have enough partitions.
-    pub fn changelog(&self, cluster: &str, topic: &str, tasks: i32) -> anyhow::Result<()> {
+    pub fn changelog(&self, cluster: &Connection, topic: &str, tasks: i32) -> anyhow::Result<()> {
         if self.embedded.is_some() {
             return self.create(topic, tasks);
         }
@@ -145,7 +145,7 @@ impl<'a> Admin<'a> {
         topic: &str,
         partitions: i32,
     ) -> anyhow::Result<()> {
-        let cluster = &source.bootstrap_servers;
+        let cluster = &Connection::of(source);
         ensure_topic(cluster, topic, partitions, &[])?;
         let have = partition_count(cluster, topic)?.unwrap_or(0) as i32;
         if have != partitions {
@@ -167,36 +167,107 @@ impl<'a> Admin<'a> {
 
 /// A worker cluster's own topic (the job registry, worker status): compacted,
 /// one partition, created unless it exists.
-pub fn ensure_cluster_topic(cluster: &str, topic: &str, what: &str) -> anyhow::Result<()> {
+pub fn ensure_cluster_topic(cluster: &Connection, topic: &str, what: &str) -> anyhow::Result<()> {
     ensure_topic(cluster, topic, 1, COMPACTED)
         .with_context(|| format!("creating the {what} topic '{topic}'"))
 }
 
-/// Checks the brokers answer, within [`TIMEOUT`], so a wrong address fails fast.
-pub fn check_reachable(cluster: &str) -> anyhow::Result<()> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", cluster)
+/// Checks the brokers answer, within [`TIMEOUT`], so a wrong address fails
+/// fast; a refused login or certificate fails at once, with the broker's
+/// reason (librdkafka reports those only to its error callback, and a
+/// metadata request alone sees a bare transport failure).
+pub fn check_reachable(cluster: &Connection) -> anyhow::Result<()> {
+    let consumer: BaseConsumer<Refusals> = cluster
+        .config()
         .set(
             "socket.connection.setup.timeout.ms",
             TIMEOUT.as_millis().to_string(),
         )
-        .create()
+        .create_with_context(Refusals::default())
         .context("creating a Kafka client")?;
-    consumer
-        .fetch_metadata(None, TIMEOUT)
-        .map(|_| ())
-        .with_context(|| {
-            format!(
-                "cannot reach Kafka at '{cluster}' within {}s (is the broker running? set KAFKA_BROKERS or 'properties.bootstrap.servers')",
-                TIMEOUT.as_secs()
-            )
-        })
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let attempt = consumer.fetch_metadata(None, left.min(Duration::from_millis(500)));
+        // Serves the error callback.
+        let _ = consumer.poll(Duration::ZERO);
+        if let Some(refusal) = consumer.context().refusal() {
+            bail!("Kafka at '{cluster}' refused the connection: {refusal}");
+        }
+        match attempt {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() >= deadline => {
+                let last = consumer
+                    .context()
+                    .last_error()
+                    .unwrap_or_else(|| e.to_string());
+                bail!(
+                    "cannot reach Kafka at '{cluster}' within {}s: {last} (is the broker running? set KAFKA_BROKERS or 'properties.bootstrap.servers')",
+                    TIMEOUT.as_secs()
+                );
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// What librdkafka's error callback reported: a refusal (authentication,
+/// TLS) ends a reachability check at once; the last other error explains a
+/// timeout.
+#[derive(Default)]
+pub struct Refusals {
+    refusal: std::sync::Mutex<Option<String>>,
+    last: std::sync::Mutex<Option<String>>,
+}
+
+impl Refusals {
+    pub fn refusal(&self) -> Option<String> {
+        self.refusal
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.last.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl rdkafka::client::ClientContext for Refusals {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        let text = format!("{reason} ({error})");
+        if is_refusal(error.rdkafka_error_code()) {
+            *self.refusal.lock().unwrap_or_else(|e| e.into_inner()) = Some(text.clone());
+        }
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(text);
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for Refusals {}
+
+/// Whether an error code means the cluster will not take this client as it
+/// is configured, so retrying cannot help: a refused login, a certificate
+/// that does not verify, a mechanism the broker does not offer.
+pub fn is_refusal(code: Option<RDKafkaErrorCode>) -> bool {
+    matches!(
+        code,
+        Some(
+            RDKafkaErrorCode::Authentication
+                | RDKafkaErrorCode::SaslAuthenticationFailed
+                | RDKafkaErrorCode::SSL
+                | RDKafkaErrorCode::UnsupportedSASLMechanism
+                | RDKafkaErrorCode::IllegalSASLState
+                | RDKafkaErrorCode::ClusterAuthorizationFailed
+                | RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::GroupAuthorizationFailed
+        )
+    )
 }
 
 /// Partition count of `topic`, or None if it does not exist.
-pub fn partition_count(cluster: &str, topic: &str) -> anyhow::Result<Option<usize>> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", cluster)
+pub fn partition_count(cluster: &Connection, topic: &str) -> anyhow::Result<Option<usize>> {
+    let consumer: BaseConsumer = cluster
+        .config()
         .set("allow.auto.create.topics", "false")
         .create()?;
     let md = consumer
@@ -213,7 +284,7 @@ pub fn partition_count(cluster: &str, topic: &str) -> anyhow::Result<Option<usiz
 /// Creates `topic` with `partitions` partitions and topic `configs` unless it
 /// exists (an existing topic's configuration is left as it is).
 pub fn ensure_topic(
-    cluster: &str,
+    cluster: &Connection,
     topic: &str,
     partitions: i32,
     configs: &[(&str, &str)],
@@ -221,8 +292,8 @@ pub fn ensure_topic(
     if partition_count(cluster, topic)?.is_some() {
         return Ok(());
     }
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", cluster)
+    let admin: AdminClient<DefaultClientContext> = cluster
+        .config()
         .create()
         .context("creating a Kafka admin client")?;
     let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
@@ -271,7 +342,10 @@ mod tests {
         let plan = crate::load::plan_text(std::path::Path::new("p.sql"), sql, &|_| None).unwrap();
         // The dead letters (and the changelog) go where the task's producer
         // writes: the sink's cluster, not the source's.
-        assert_eq!(output_cluster(&plan, "tx"), Some("out:9092"));
+        assert_eq!(
+            output_cluster(&plan, "tx").map(|c| c.bootstrap),
+            Some("out:9092".to_owned())
+        );
         assert_eq!(output_cluster(&plan, "out"), None);
     }
 

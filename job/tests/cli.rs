@@ -214,3 +214,34 @@ fn generate_writes_json_lines() {
         assert!(v["amount"].as_f64().unwrap() > 0.0);
     }
 }
+
+/// Secured clusters and every codec need librdkafka built with them: TLS,
+/// SASL (PLAIN, SCRAM, GSSAPI, OAUTHBEARER with OIDC) and zstd, lz4, snappy
+/// and gzip. `--version` shows what this build has.
+#[test]
+fn version_names_librdkafka_and_its_security_and_codec_features() {
+    let out = weir().arg("--version").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("librdkafka 2."), "{text}");
+    let features: Vec<&str> = text
+        .split_once('(')
+        .and_then(|(_, rest)| rest.split_once(')'))
+        .map(|(list, _)| list.split(", ").collect())
+        .unwrap_or_default();
+    for needed in [
+        "ssl",
+        "sasl",
+        "sasl_plain",
+        "sasl_scram",
+        "sasl_gssapi",
+        "sasl_oauthbearer",
+        "oidc",
+        "gzip",
+        "snappy",
+        "lz4",
+        "zstd",
+    ] {
+        assert!(features.contains(&needed), "no {needed} in {text}");
+    }
+}

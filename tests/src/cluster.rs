@@ -11,6 +11,43 @@ use weir::cluster::status::WorkerStatus;
 
 use crate::process::weir;
 
+/// Where a cluster test's workers keep their jobs: the broker, and a job
+/// registry and status topic of the test's own (the broker is shared).
+#[derive(Clone, Debug)]
+pub struct Registry {
+    pub brokers: String,
+    pub registry: String,
+    pub status: String,
+}
+
+impl Registry {
+    pub fn new(brokers: &str) -> Registry {
+        Registry {
+            brokers: brokers.to_owned(),
+            registry: crate::unique("weir-jobs"),
+            status: crate::unique("weir-status"),
+        }
+    }
+
+    /// `weir` subcommand arguments naming this registry:
+    /// `--brokers B --registry-topic R --status-topic S`.
+    pub fn args(&self) -> [&str; 6] {
+        [
+            "--brokers",
+            &self.brokers,
+            "--registry-topic",
+            &self.registry,
+            "--status-topic",
+            &self.status,
+        ]
+    }
+
+    /// `command` (e.g. `["submit", file]`) followed by [`Registry::args`].
+    pub fn command<'a>(&'a self, command: &[&'a str]) -> Vec<&'a str> {
+        command.iter().copied().chain(self.args()).collect()
+    }
+}
+
 /// A `weir worker` process with its HTTP API.
 pub struct Worker {
     pub id: String,
@@ -20,7 +57,7 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub fn start(brokers: &str, dir: &Path, n: usize) -> Worker {
+    pub fn start(registry: &Registry, dir: &Path, n: usize) -> Worker {
         let id = format!("w{n}");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -29,10 +66,9 @@ impl Worker {
         let http = format!("127.0.0.1:{port}");
         let log = dir.join(format!("{id}.log"));
         let child = weir("info")
+            .arg("worker")
+            .args(registry.args())
             .args([
-                "worker",
-                "--brokers",
-                brokers,
                 "--id",
                 &id,
                 "--http",

@@ -12,9 +12,10 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Headers;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
+use weir::connection::Connection;
 
 pub fn create_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
-    weir::topics::ensure_topic(brokers, topic, partitions, &[])
+    weir::topics::ensure_topic(&Connection::plain(brokers), topic, partitions, &[])
 }
 
 /// A record to produce.
@@ -41,18 +42,6 @@ pub fn produce(brokers: &str, topic: &str, records: &[Record]) -> anyhow::Result
     produce_with(brokers, topic, records, &[("linger.ms", "5")])
 }
 
-/// Produces each record in a record batch of its own: for input that a test
-/// resumes from arbitrary offsets (checkpoints, crashes), which the test
-/// broker cannot serve from inside a batch (see [`crate::broker`]).
-pub fn produce_unbatched(brokers: &str, topic: &str, records: &[Record]) -> anyhow::Result<()> {
-    produce_with(
-        brokers,
-        topic,
-        records,
-        &[("linger.ms", "0"), ("batch.num.messages", "1")],
-    )
-}
-
 /// Records the broker refused (an unknown partition, say), which librdkafka
 /// reports only to the delivery callback.
 #[derive(Default)]
@@ -73,7 +62,9 @@ impl ProducerContext for DeliveryFailures {
     }
 }
 
-fn produce_with(
+/// Produces `records` with extra producer properties `extra`
+/// (`compression.type`, say).
+pub fn produce_with(
     brokers: &str,
     topic: &str,
     records: &[Record],

@@ -1,6 +1,8 @@
 //! Test support for weir's end-to-end tests (tests/tests/e2e, tests/tests/golden.rs):
 //!
-//! - [`broker`]: the test broker, behind one function ([`broker::start`]);
+//! - [`apache_kafka`]: the test run's Apache Kafka broker, with a listener per
+//!   security protocol ([`apache_kafka::kafka`]), or one of a test's own
+//!   ([`apache_kafka::start_own`]);
 //! - [`kafka`]: topics, producing, reading records back;
 //! - [`output`]: what a pipeline wrote: JSON values, ids, window results, and
 //!   re-reading until enough has arrived;
@@ -10,7 +12,7 @@
 //! - [`inprocess`]: operator chains driven batch by batch, without a broker;
 //! - here: pipeline files, in-process runs, waiting on a condition, seeds.
 
-pub mod broker;
+pub mod apache_kafka;
 pub mod child;
 pub mod cluster;
 pub mod compare;
@@ -78,12 +80,14 @@ pub fn load(path: &Path, brokers: &str) -> weir::LoadedPipeline {
 }
 
 /// Runs the pipeline in `path` in this process against `brokers`, printing
-/// nothing, with its state under `dir`/state; it must succeed.
+/// nothing, with its state under `dir`/state and a consumer group of its own;
+/// it must succeed.
 pub fn run_in_process(path: &Path, dir: &Path, brokers: &str) -> weir::RunSummary {
     weir::run_pipeline(
         load(path, brokers),
         weir::RunOptions {
             print: Some(false),
+            group_id: Some(unique("run")),
             state_dir: Some(dir.join("state")),
             ..Default::default()
         },
@@ -145,6 +149,19 @@ impl Running {
             Err(panic) => std::panic::resume_unwind(panic),
         }
     }
+}
+
+/// `base` made unique to this test process and call, e.g. "cr-in-3f9a1c-7":
+/// for topics, consumer groups and job names on the broker every test of a
+/// run shares.
+pub fn unique(base: &str) -> String {
+    use std::sync::OnceLock;
+    use std::sync::atomic::AtomicU64;
+    static RUN: OnceLock<String> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let run = RUN.get_or_init(|| format!("{:06x}", rand::random::<u32>() & 0xff_ffff));
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{base}-{run}-{n}")
 }
 
 /// A seed for a randomised test: `$var` if set (to replay a run), else a

@@ -2,20 +2,19 @@
 //! input and its expected output (see tests/golden/README.md). Each case is
 //! one test named by its directory (`cargo test --release -p weir-tests
 //! --test golden 19-` runs the cases whose name contains "19-"), run in
-//! parallel against one test broker, started when the first case needs it
-//! and stopped before the process exits.
+//! parallel against the test run's Apache Kafka broker
+//! ([`weir_tests::apache_kafka`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use libtest_mimic::{Arguments, Trial};
 use serde_json::Value;
 use weir::{RunOptions, load_pipeline};
-use weir_tests::broker::{self, Broker};
+use weir_tests::apache_kafka;
 use weir_tests::compare::golden_eq;
 use weir_tests::kafka::{Record, create_topic, produce, read_all};
 use weir_tests::{Running, workspace_root};
@@ -27,25 +26,6 @@ fn cases_dir() -> PathBuf {
     workspace_root().join("tests/golden/cases")
 }
 
-/// The broker every case shares: started by the first case that needs one.
-#[derive(Default)]
-struct SharedBroker(Mutex<Option<Result<Arc<Broker>, String>>>);
-
-impl SharedBroker {
-    fn bootstrap(&self) -> anyhow::Result<String> {
-        let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let started = slot.get_or_insert_with(|| {
-            broker::start()
-                .map(Arc::new)
-                .map_err(|e| format!("starting the test broker: {e:#}"))
-        });
-        match started {
-            Ok(b) => Ok(b.bootstrap().to_owned()),
-            Err(e) => bail!("{e}"),
-        }
-    }
-}
-
 fn main() -> ExitCode {
     let args = Arguments::from_args();
     let mut cases: Vec<PathBuf> = std::fs::read_dir(cases_dir())
@@ -55,25 +35,19 @@ fn main() -> ExitCode {
         .collect();
     cases.sort();
     assert!(!cases.is_empty(), "no golden cases found");
-    let broker = Arc::new(SharedBroker::default());
     let trials = cases
         .into_iter()
         .map(|case| {
             let name = case.file_name().unwrap().to_string_lossy().to_string();
-            let broker = broker.clone();
             Trial::test(name, move || {
-                run_case(&case, &broker).map_err(|e| format!("{e:#}").into())
+                run_case(&case).map_err(|e| format!("{e:#}").into())
             })
         })
         .collect();
-    let conclusion = libtest_mimic::run(&args, trials);
-    // The trials are gone: this is the last reference, and the broker stops
-    // here (Conclusion::exit would skip it).
-    drop(broker);
-    conclusion.exit_code()
+    libtest_mimic::run(&args, trials).exit_code()
 }
 
-fn run_case(case: &Path, broker: &SharedBroker) -> anyhow::Result<()> {
+fn run_case(case: &Path) -> anyhow::Result<()> {
     let pipeline = case.join("pipeline.sql");
     let error_file = case.join("expected/error.txt");
     if error_file.exists() {
@@ -108,8 +82,7 @@ fn run_case(case: &Path, broker: &SharedBroker) -> anyhow::Result<()> {
         return Ok(());
     }
 
-    let bootstrap = broker.bootstrap()?;
-    let brokers = bootstrap.as_str();
+    let brokers = apache_kafka::kafka()?.bootstrap();
     let env = weir_tests::env(brokers);
     produce_inputs(case, brokers)?;
     let loaded = load_pipeline(&pipeline, &env)?;

@@ -30,7 +30,7 @@ pub fn submit(
     let env = |var: &str| {
         let value = std::env::var(var)
             .ok()
-            .or_else(|| (var == "KAFKA_BROKERS").then(|| topics.brokers.clone()));
+            .or_else(|| (var == "KAFKA_BROKERS").then(|| topics.cluster.bootstrap.clone()));
         if let Some(v) = &value {
             used.borrow_mut().insert(var.to_owned(), v.clone());
         }
@@ -83,9 +83,7 @@ pub fn submit(
         }
     }
     let name = name.unwrap_or_else(|| plan.name.clone());
-    if name.is_empty() || name.contains('/') || name.chars().any(char::is_whitespace) {
-        bail!("'{name}' is not a job name: use letters, digits, '-', '_' or '.'");
-    }
+    crate::cluster::registry::check_name("name", &name).map_err(anyhow::Error::msg)?;
     let models: Vec<_> = plan.models.values().map(|m| m.path.clone()).collect();
     let files = job_files(file, &models)?;
     let sql =
@@ -105,16 +103,16 @@ pub fn submit(
         files: Vec::new(),
         submitted_at_ms: now,
     };
-    publish(&topics.brokers, &topics.registry, spec, &files)
+    publish(&topics.cluster, &topics.registry, spec, &files)
 }
 
 /// Marks a job stopped, then waits (up to `wait`) until no worker reports
 /// tasks of it.
 pub fn stop(name: &str, topics: &ClusterTopics, wait: Duration) -> anyhow::Result<()> {
-    set_state(&topics.brokers, &topics.registry, name, JobState::Stopped)?;
+    set_state(&topics.cluster, &topics.registry, name, JobState::Stopped)?;
     let deadline = Instant::now() + wait;
     loop {
-        let running: Vec<String> = read_statuses(&topics.brokers, &topics.status)?
+        let running: Vec<String> = read_statuses(&topics.cluster, &topics.status)?
             .into_iter()
             .filter(|w| w.jobs.iter().any(|j| j.name == name))
             .map(|w| w.worker)
@@ -135,8 +133,8 @@ pub fn stop(name: &str, topics: &ClusterTopics, wait: Duration) -> anyhow::Resul
 
 /// `weir jobs`: one line per job in the registry.
 pub fn jobs_table(topics: &ClusterTopics) -> anyhow::Result<String> {
-    let registry = read_registry(&topics.brokers, &topics.registry)?;
-    let workers = read_statuses(&topics.brokers, &topics.status)?;
+    let registry = read_registry(&topics.cluster, &topics.registry)?;
+    let workers = read_statuses(&topics.cluster, &topics.status)?;
     let mut out = String::new();
     writeln!(
         out,
@@ -180,7 +178,7 @@ pub fn jobs_table(topics: &ClusterTopics) -> anyhow::Result<String> {
 
 /// `weir describe NAME`: the job's definition, its plan, and where each task runs.
 pub fn describe(name: &str, topics: &ClusterTopics) -> anyhow::Result<String> {
-    let registry = read_registry(&topics.brokers, &topics.registry)?;
+    let registry = read_registry(&topics.cluster, &topics.registry)?;
     let spec = registry.jobs.get(name).with_context(|| {
         format!(
             "no job named '{name}' in the registry '{}'",
@@ -220,7 +218,7 @@ pub fn describe(name: &str, topics: &ClusterTopics) -> anyhow::Result<String> {
         "TASK", "WORKER", "PARTITION", "STATE", "IN", "OUT", "LAG", "CHECKPOINTS"
     )?;
     let mut rows = Vec::new();
-    for w in read_statuses(&topics.brokers, &topics.status)? {
+    for w in read_statuses(&topics.cluster, &topics.status)? {
         for j in w.jobs.iter().filter(|j| j.name == name) {
             for t in &j.tasks {
                 rows.push((t.source.clone(), t.partition, w.worker.clone(), t.clone()));

@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use rdkafka::ClientConfig;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
@@ -20,6 +19,7 @@ use super::WorkerOptions;
 use super::registry::{JobSpec, Registry};
 use super::status::STATUS_INTERVAL;
 use super::tasks::{JobTasks, Role};
+use crate::connection::Connection;
 use crate::load::{LoadedPipeline, load_pipeline};
 use crate::run::TaskFactory;
 use crate::topics::{self, Admin};
@@ -122,7 +122,7 @@ pub fn run_job(
             let topic = topics::changelog_name(&group_id, &s.name);
             let cluster = topics::output_cluster(plan, &s.name)
                 .with_context(|| format!("source {} feeds no flow", s.name))?;
-            admin.changelog(cluster, &topic, source_partitions[&s.name])?;
+            admin.changelog(&cluster, &topic, source_partitions[&s.name])?;
             changelog_topics.insert(s.name.clone(), topic);
         }
     }
@@ -190,10 +190,10 @@ pub fn run_job(
     ));
     running(tasks.clone());
 
-    let bootstrap = &sources[0].bootstrap_servers;
+    let cluster = &Connection::of(&sources[0]);
     let topic_names: Vec<String> = tasks.sources.keys().cloned().collect();
     let topics: Vec<&str> = topic_names.iter().map(String::as_str).collect();
-    let mut consumer = join_group(options, &group_id, bootstrap, &topics, &tasks)?;
+    let mut consumer = join_group(options, &group_id, cluster, &topics, &tasks)?;
     info!(
         "job {}: joined group {group_id} for {}",
         spec.name,
@@ -250,7 +250,7 @@ pub fn run_job(
                     ),
                 }
                 drop(consumer);
-                consumer = match join_group(options, &group_id, bootstrap, &topics, &tasks) {
+                consumer = match join_group(options, &group_id, cluster, &topics, &tasks) {
                     Ok(c) => c,
                     Err(e) => {
                         // No membership, no tasks.
@@ -284,13 +284,12 @@ pub fn run_job(
 fn join_group(
     options: &WorkerOptions,
     group_id: &str,
-    bootstrap: &str,
+    cluster: &Connection,
     topics: &[&str],
     tasks: &Arc<JobTasks>,
 ) -> anyhow::Result<BaseConsumer<Membership>> {
-    let mut config = ClientConfig::new();
+    let mut config = cluster.config();
     config
-        .set("bootstrap.servers", bootstrap)
         .set("group.id", group_id)
         .set("client.id", format!("weir-{}", options.id))
         .set("partition.assignment.strategy", "cooperative-sticky")

@@ -29,17 +29,21 @@ use std::sync::atomic::AtomicBool;
 
 pub use client::{describe, jobs_table, stop, submit};
 
+use crate::connection::Connection;
+
 /// Where the cluster's shared topics are.
 #[derive(Debug, Clone)]
 pub struct ClusterTopics {
-    pub brokers: String,
+    /// The Kafka cluster the registry and status topics live on.
+    pub cluster: Connection,
     pub registry: String,
     pub status: String,
 }
 
 /// How a worker runs.
 pub struct WorkerOptions {
-    pub brokers: String,
+    /// The Kafka cluster of the registry and status topics.
+    pub cluster: Connection,
     pub id: String,
     pub http: Option<std::net::SocketAddr>,
     pub state_dir: PathBuf,

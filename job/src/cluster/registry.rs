@@ -19,6 +19,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
 
+use crate::connection::Connection;
 use crate::kafka::{TopicFollower, producer_config};
 use crate::sink::Sink;
 use crate::topics::ensure_cluster_topic;
@@ -68,6 +69,49 @@ impl JobSpec {
     }
 }
 
+/// The longest job name: its group id and topics (`weir-job-<name>-<source>-changelog`)
+/// must stay within Kafka's 249 characters for a topic name.
+pub const MAX_NAME: usize = 100;
+
+/// Checks a job's name or version before it names a group, a topic or a
+/// directory on a worker: 1 to [`MAX_NAME`] of `A-Z a-z 0-9 . _ -`, and not
+/// `.` or `..`. Every worker applies it to every registry record, so a
+/// record written by something other than `weir submit` cannot reach a path
+/// outside the worker's state directory.
+pub fn check_name(what: &str, name: &str) -> Result<(), String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if name.is_empty() || name.len() > MAX_NAME {
+        return Err(format!(
+            "a job {what} has 1 to {MAX_NAME} characters, not {}",
+            name.len()
+        ));
+    }
+    if let Some(c) = name.chars().find(|&c| !allowed(c)) {
+        return Err(format!(
+            "'{}' is not a job {what}: {c:?} is not allowed (letters, digits, '.', '_', '-')",
+            name.escape_debug()
+        ));
+    }
+    if name == "." || name == ".." {
+        return Err(format!("'{name}' is not a job {what}"));
+    }
+    Ok(())
+}
+
+/// Checks a registry record's job: its name as its key says, and its version.
+fn check_spec(key_name: &str, spec: &JobSpec) -> Result<(), String> {
+    check_name("name", &spec.name)?;
+    check_name("version", &spec.version)?;
+    if spec.name != key_name {
+        return Err(format!(
+            "the record for job '{}' describes a job named '{}'",
+            key_name.escape_debug(),
+            spec.name
+        ));
+    }
+    Ok(())
+}
+
 pub fn job_key(name: &str) -> String {
     format!("job/{name}")
 }
@@ -91,9 +135,15 @@ impl Registry {
         };
         if let Some(name) = key.strip_prefix("job/") {
             match value.map(serde_json::from_slice::<JobSpec>) {
-                Some(Ok(spec)) => {
-                    self.jobs.insert(name.to_owned(), spec);
-                }
+                Some(Ok(spec)) => match check_spec(name, &spec) {
+                    Ok(()) => {
+                        self.jobs.insert(name.to_owned(), spec);
+                    }
+                    Err(e) => {
+                        tracing::warn!("job registry: refused the record for {key:?}: {e}");
+                        self.jobs.remove(name);
+                    }
+                },
                 Some(Err(e)) => tracing::warn!("job registry: unreadable record for {key}: {e}"),
                 None => {
                     self.jobs.remove(name);
@@ -149,8 +199,8 @@ impl Registry {
 }
 
 /// Creates the registry topic (compacted, one partition) unless it exists.
-pub fn ensure_registry(bootstrap: &str, topic: &str) -> anyhow::Result<()> {
-    ensure_cluster_topic(bootstrap, topic, "job registry")
+pub fn ensure_registry(cluster: &Connection, topic: &str) -> anyhow::Result<()> {
+    ensure_cluster_topic(cluster, topic, "job registry")
 }
 
 /// Follows the registry topic from its beginning.
@@ -160,10 +210,10 @@ pub struct RegistryReader {
 }
 
 impl RegistryReader {
-    pub fn open(bootstrap: &str, topic: &str) -> anyhow::Result<Self> {
-        ensure_registry(bootstrap, topic)?;
+    pub fn open(cluster: &Connection, topic: &str) -> anyhow::Result<Self> {
+        ensure_registry(cluster, topic)?;
         Ok(Self {
-            follower: TopicFollower::open(bootstrap, topic, "weir-registry-reader")?,
+            follower: TopicFollower::open(cluster, topic, "weir-registry-reader")?,
             registry: Registry::default(),
         })
     }
@@ -189,8 +239,8 @@ impl RegistryReader {
 }
 
 /// Reads the whole registry once.
-pub fn read_registry(bootstrap: &str, topic: &str) -> anyhow::Result<Registry> {
-    let mut r = RegistryReader::open(bootstrap, topic)?;
+pub fn read_registry(cluster: &Connection, topic: &str) -> anyhow::Result<Registry> {
+    let mut r = RegistryReader::open(cluster, topic)?;
     r.read_to_end(Duration::from_secs(30))?;
     Ok(r.registry)
 }
@@ -243,13 +293,13 @@ fn normalize(path: &Path) -> Option<String> {
 /// Publishes a job version (files, then the spec) and tombstones the chunks
 /// of versions it replaces.
 pub fn publish(
-    bootstrap: &str,
+    cluster: &Connection,
     topic: &str,
     mut spec: JobSpec,
     files: &[(String, Vec<u8>)],
 ) -> anyhow::Result<JobSpec> {
-    let previous = read_registry(bootstrap, topic)?;
-    let sink = Sink::new(&producer_config(bootstrap, &BTreeMap::new()))?;
+    let previous = read_registry(cluster, topic)?;
+    let sink = Sink::new(&producer_config(cluster, &BTreeMap::new()))?;
     spec.files.clear();
     for (i, (path, bytes)) in files.iter().enumerate() {
         let chunks: Vec<&[u8]> = if bytes.is_empty() {
@@ -287,8 +337,13 @@ fn write_spec(sink: &Sink, topic: &str, spec: &JobSpec) -> anyhow::Result<()> {
 }
 
 /// Marks a job stopped (every worker stops its tasks after a final checkpoint).
-pub fn set_state(bootstrap: &str, topic: &str, name: &str, state: JobState) -> anyhow::Result<()> {
-    let registry = read_registry(bootstrap, topic)?;
+pub fn set_state(
+    cluster: &Connection,
+    topic: &str,
+    name: &str,
+    state: JobState,
+) -> anyhow::Result<()> {
+    let registry = read_registry(cluster, topic)?;
     let Some(spec) = registry.jobs.get(name) else {
         let known: Vec<&str> = registry.jobs.keys().map(String::as_str).collect();
         bail!(
@@ -302,7 +357,7 @@ pub fn set_state(bootstrap: &str, topic: &str, name: &str, state: JobState) -> a
     };
     let mut spec = spec.clone();
     spec.state = state;
-    let sink = Sink::new(&producer_config(bootstrap, &BTreeMap::new()))?;
+    let sink = Sink::new(&producer_config(cluster, &BTreeMap::new()))?;
     write_spec(&sink, topic, &spec)?;
     sink.flush()
 }
@@ -356,6 +411,40 @@ mod tests {
         r.apply(b"job/j", Some(&serde_json::to_vec(&spec("v2")).unwrap()));
         assert_eq!(r.orphan_chunks().len(), 2);
         r.apply(b"job/j", None);
+        assert!(r.jobs.is_empty());
+    }
+
+    #[test]
+    fn job_names_and_versions_cannot_reach_a_path() {
+        for good in ["fraud", "fraud-v2.1_b", "1776000000000-00ab12cd", "a..b"] {
+            assert_eq!(check_name("name", good), Ok(()), "{good}");
+        }
+        let long = "x".repeat(MAX_NAME + 1);
+        for bad in [
+            "", ".", "..", "../etc", "a/b", "a\\b", "/abs", "a b", "a\0b", "é", &long,
+        ] {
+            assert!(check_name("name", bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_registry_record_with_a_hostile_name_or_version_is_refused() {
+        let mut r = Registry::default();
+        let hostile = |name: &str, version: &str| JobSpec {
+            name: name.into(),
+            ..spec(version)
+        };
+        let record = |s: &JobSpec| serde_json::to_vec(s).unwrap();
+        r.apply(b"job/../x", Some(&record(&hostile("../x", "v1"))));
+        r.apply(b"job/j", Some(&record(&hostile("j", "../../v"))));
+        // The key and the record disagree about the job's name.
+        r.apply(b"job/j", Some(&record(&hostile("k", "v1"))));
+        assert!(r.jobs.is_empty(), "{:?}", r.jobs.keys());
+        // A good record is taken in, and a hostile one for the same key
+        // removes it rather than keep a job the registry no longer holds.
+        r.apply(b"job/j", Some(&record(&spec("v1"))));
+        assert_eq!(r.jobs.len(), 1);
+        r.apply(b"job/j", Some(&record(&hostile("j", "a/b"))));
         assert!(r.jobs.is_empty());
     }
 }

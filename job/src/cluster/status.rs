@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::connection::Connection;
 use crate::kafka::TopicFollower;
 use crate::topics::ensure_cluster_topic;
 
@@ -83,15 +84,15 @@ pub trait StatusSource: Send + Sync {
 }
 
 /// Creates the status topic (compacted, one partition) unless it exists.
-pub fn ensure_status_topic(bootstrap: &str, topic: &str) -> anyhow::Result<()> {
-    ensure_cluster_topic(bootstrap, topic, "status")
+pub fn ensure_status_topic(cluster: &Connection, topic: &str) -> anyhow::Result<()> {
+    ensure_cluster_topic(cluster, topic, "status")
 }
 
 /// The newest status of every worker that reported within [`STATUS_STALE`].
-pub fn read_statuses(bootstrap: &str, topic: &str) -> anyhow::Result<Vec<WorkerStatus>> {
-    ensure_status_topic(bootstrap, topic)?;
+pub fn read_statuses(cluster: &Connection, topic: &str) -> anyhow::Result<Vec<WorkerStatus>> {
+    ensure_status_topic(cluster, topic)?;
     let mut latest: BTreeMap<String, WorkerStatus> = BTreeMap::new();
-    TopicFollower::open(bootstrap, topic, "weir-status-reader")?.read_to_end(
+    TopicFollower::open(cluster, topic, "weir-status-reader")?.read_to_end(
         Duration::from_secs(30),
         &mut |key, value| {
             let key = String::from_utf8_lossy(key).into_owned();

@@ -15,6 +15,7 @@ use tracing::{error, info};
 use weir_sql::KafkaTable;
 
 use super::status::{ModelStatus, TaskStatus};
+use crate::connection::Connection;
 use crate::counters::TaskCounters;
 use crate::kafka::producer_config;
 use crate::run::TaskFactory;
@@ -157,7 +158,8 @@ impl JobTasks {
                     "100000".to_owned(),
                 ),
             ]);
-            let sink = Sink::new(&producer_config(&source.bootstrap_servers, &properties))?;
+            // (The repartition topic is on the source's cluster.)
+            let sink = Sink::new(&producer_config(&Connection::of(source), &properties))?;
             let task = self.factory.map_task(
                 source,
                 partition,
@@ -192,7 +194,7 @@ impl JobTasks {
             self.factory.transactional_sink(source, &flows, partition)?
         } else {
             Sink::new(&producer_config(
-                &sink_tables[0].bootstrap_servers,
+                &Connection::of(sink_tables[0]),
                 &crate::kafka::sink_properties(sink_tables.iter().copied()),
             ))?
         };

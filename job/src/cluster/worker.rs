@@ -105,7 +105,7 @@ impl StatusSource for WorkerShared {
 /// Runs a worker until `options.stop` is set; then every job's tasks stop
 /// after a final checkpoint.
 pub fn run_worker(options: WorkerOptions) -> anyhow::Result<()> {
-    let brokers = options.brokers.clone();
+    let brokers = options.cluster.clone();
     topics::check_reachable(&brokers)?;
     let mut reader = RegistryReader::open(&brokers, &options.registry_topic)?;
     ensure_status_topic(&brokers, &options.status_topic)?;

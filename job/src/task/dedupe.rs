@@ -97,7 +97,7 @@ impl SourceTask {
             eo_topics.extend(self.table.dead_letter_topic.as_ref());
             let started = Instant::now();
             let (mut ids, records) = read_output_ids(
-                self.sink.bootstrap(),
+                self.sink.cluster(),
                 &scan_from(&positions, &eo_topics),
                 Duration::from_secs(120),
             )?;
@@ -114,7 +114,7 @@ impl SourceTask {
         }
         // Partitions with no recorded position yet: their current end.
         for topic in self.output_topics() {
-            let ends = end_offsets(self.sink.bootstrap(), &topic, Duration::from_secs(10))?;
+            let ends = end_offsets(self.sink.cluster(), &topic, Duration::from_secs(10))?;
             let known = positions.entry(topic).or_default();
             for (p, end) in ends {
                 known.entry(p).or_insert(end);

@@ -108,7 +108,7 @@ impl SourceTask {
             let mut cl =
                 Changelog::with_run(topic, self.state.changelog_partition, chain, garbage, run);
             if !from_changelog && restored.is_some() {
-                let end = end_offsets(self.sink.bootstrap(), &cl.topic, Duration::from_secs(10))?
+                let end = end_offsets(self.sink.cluster(), &cl.topic, Duration::from_secs(10))?
                     .get(&cl.partition)
                     .copied();
                 if needs_snapshot(true, end) {
@@ -150,7 +150,7 @@ impl SourceTask {
         column_families: &[String],
     ) -> anyhow::Result<(TaskStore, bool, Vec<String>)> {
         let name = &self.table.name;
-        let bootstrap = self.sink.bootstrap().to_owned();
+        let cluster = self.sink.cluster().clone();
         let plan = (self.state.fingerprint.as_str(), self.table.topic.as_str());
         let partition = self.state.changelog_partition;
         let mut from_changelog = false;
@@ -158,7 +158,7 @@ impl SourceTask {
         // A local checkpoint: take in what the changelog committed after it.
         if let Some(local) = store.restored().cloned() {
             match changelog::catch_up(
-                &bootstrap,
+                &cluster,
                 topic,
                 partition,
                 &store,
@@ -191,7 +191,7 @@ impl SourceTask {
         // No local checkpoint: rebuild the state from the changelog.
         if store.restored().is_none()
             && let Some(r) = changelog::restore(
-                &bootstrap,
+                &cluster,
                 topic,
                 partition,
                 &store,

@@ -20,7 +20,7 @@
 
 use std::collections::BTreeMap;
 
-use weir_tests::broker;
+use weir_tests::apache_kafka::kafka;
 use weir_tests::kafka::{Record, create_topic, produce};
 use weir_tests::output::{GroupBy, once, window_results};
 use weir_tests::pipeline_file;
@@ -94,8 +94,7 @@ GROUP BY window_start, window_end;
 #[test]
 fn a_partition_ahead_is_held_back_and_nothing_is_lost() {
     let _alone = crate::exclusive();
-    let broker = broker::start().expect("the test broker starts");
-    let b = broker.bootstrap();
+    let b = kafka().expect("the test broker").bootstrap();
     create_topic(b, "al-in", 2).expect("the input topic");
     let (records, expected) = events();
     produce(b, "al-in", &records).expect("the input");

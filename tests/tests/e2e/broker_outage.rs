@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use weir::RunOptions;
-use weir_tests::broker;
+use weir_tests::apache_kafka;
 use weir_tests::kafka::{Record, create_topic, produce};
 use weir_tests::output::{ids, read_until};
 use weir_tests::{Running, load, newest_checkpoint, pipeline_file, wait_for};
@@ -29,8 +29,10 @@ fn output_ids(brokers: &str) -> Vec<i64> {
 #[test]
 fn the_run_continues_when_the_broker_returns() {
     let _alone = crate::exclusive();
-    let broker = broker::start().unwrap();
-    let b = broker.bootstrap().to_owned();
+    // A broker of its own: freezing the run's shared one would stall every
+    // other test.
+    let broker = apache_kafka::start_own().expect("a broker of the test's own");
+    let b = broker.kafka().bootstrap().to_owned();
     create_topic(&b, "bo-in", 1).unwrap();
     create_topic(&b, "bo-out", 1).unwrap();
     let (dir, path) = pipeline_file(
@@ -48,6 +50,7 @@ INSERT INTO out SELECT id FROM tx;
         load(&path, &b),
         RunOptions {
             print: Some(false),
+            group_id: Some("bo".into()),
             state_dir: Some(state_dir.clone()),
             ..Default::default()
         },

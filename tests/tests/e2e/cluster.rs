@@ -16,15 +16,16 @@
 
 use std::time::Duration;
 
-use weir::cluster::registry::{REGISTRY_TOPIC, read_registry};
+use weir::cluster::registry::read_registry;
+use weir::connection::Connection;
 use weir::generate::FraudGenerator;
-use weir_tests::broker;
-use weir_tests::cluster::{Worker, http_get, tasks, work_dir};
+use weir_tests::apache_kafka::kafka;
+use weir_tests::cluster::{Registry, Worker, http_get, tasks, work_dir};
 use weir_tests::compare::close;
-use weir_tests::kafka::{Record, create_topic, produce_unbatched};
+use weir_tests::kafka::{Record, create_topic, produce};
 use weir_tests::output::{GroupBy, read_until, window_results};
 use weir_tests::process::run_weir;
-use weir_tests::{wait_for, workspace_root, write_sql};
+use weir_tests::{unique, wait_for, workspace_root, write_sql};
 
 const EVENTS: usize = 40_000;
 const PARTITIONS: i32 = 6;
@@ -41,13 +42,13 @@ CREATE TABLE transactions (
   WATERMARK FOR ts AS ts - INTERVAL '5' SECOND
 ) WITH (
   'connector' = 'kafka',
-  'topic' = 'transactions',
+  'topic' = '${INPUT}',
   'format' = 'json',
   'properties.bootstrap.servers' = '${KAFKA_BROKERS}',
   'scan.startup.mode' = 'earliest-offset',
   'scan.bounded.mode' = '${BOUNDED}',
   'key.fields' = 'card_id',
-  'dead-letter.topic' = 'transactions-dlq'
+  'dead-letter.topic' = '${INPUT}-dlq'
 );
 
 CREATE TABLE card_scores WITH (
@@ -108,12 +109,14 @@ fn input() -> (Vec<Record>, Vec<Record>) {
 #[test]
 fn workers_share_a_job_survive_a_kill_and_write_each_result_once() {
     let _alone = crate::exclusive();
-    let broker = broker::start().expect("the test broker starts");
-    let b = broker.bootstrap().to_owned();
-    create_topic(&b, "transactions", PARTITIONS).expect("the input topic");
+    let b = kafka().expect("the test broker").bootstrap().to_owned();
+    let registry = Registry::new(&b);
+    let topic = unique("transactions");
+    let (card_scores, reference_scores) = (unique("card-scores"), unique("reference-scores"));
+    create_topic(&b, &topic, PARTITIONS).expect("the input topic");
     let (events, sentinels) = input();
     let half = EVENTS / 2;
-    produce_unbatched(&b, "transactions", &events[..half]).expect("the first half");
+    produce(&b, &topic, &events[..half]).expect("the first half");
 
     let (dir_path, _tmp) = work_dir();
     let sql = write_sql(dir_path.as_path(), "fraud-cluster.sql", SQL);
@@ -123,13 +126,13 @@ fn workers_share_a_job_survive_a_kill_and_write_each_result_once() {
     )
     .expect("the model");
     let weir = |args: &[&str], env: &[(&str, &str)]| {
-        let env: Vec<(&str, &str)> = [("KAFKA_BROKERS", b.as_str())]
+        let env: Vec<(&str, &str)> = [("KAFKA_BROKERS", b.as_str()), ("INPUT", topic.as_str())]
             .into_iter()
             .chain(env.iter().copied())
             .collect();
         run_weir(args, &env, "warn")
     };
-    let job_env = [("SINK", "card-scores"), ("BOUNDED", "unbounded")];
+    let job_env = [("SINK", card_scores.as_str()), ("BOUNDED", "unbounded")];
 
     // A submit that does not plan publishes nothing.
     let bad = write_sql(
@@ -138,7 +141,7 @@ fn workers_share_a_job_survive_a_kill_and_write_each_result_once() {
         &SQL.replace("avg(amount)", "avg(amout)"),
     );
     let out = weir(
-        &["submit", bad.to_str().unwrap(), "--brokers", &b],
+        &registry.command(&["submit", bad.to_str().unwrap()]),
         &job_env,
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -148,18 +151,18 @@ fn workers_share_a_job_survive_a_kill_and_write_each_result_once() {
         "the error names the file, position and column: {stderr}"
     );
     assert!(
-        read_registry(&b, REGISTRY_TOPIC)
+        read_registry(&Connection::plain(&b), &registry.registry)
             .expect("the registry is read")
             .jobs
             .is_empty(),
         "a bad submit publishes nothing"
     );
 
-    let mut w1 = Worker::start(&b, dir_path.as_path(), 1);
-    let w2 = Worker::start(&b, dir_path.as_path(), 2);
-    let w3 = Worker::start(&b, dir_path.as_path(), 3);
+    let mut w1 = Worker::start(&registry, dir_path.as_path(), 1);
+    let w2 = Worker::start(&registry, dir_path.as_path(), 2);
+    let w3 = Worker::start(&registry, dir_path.as_path(), 3);
     let out = weir(
-        &["submit", sql.to_str().unwrap(), "--brokers", &b],
+        &registry.command(&["submit", sql.to_str().unwrap()]),
         &job_env,
     );
     assert!(
@@ -187,7 +190,7 @@ fn workers_share_a_job_survive_a_kill_and_write_each_result_once() {
     );
 
     // A fourth worker takes some partitions, without the job restarting.
-    let w4 = Worker::start(&b, dir_path.as_path(), 4);
+    let w4 = Worker::start(&registry, dir_path.as_path(), 4);
     let seen = wait_for(Duration::from_secs(90), || {
         let t = tasks(&[&w1, &w2, &w3, &w4]);
         let on_w4 = t.iter().find(|x| x.0 == "w4").map_or(0, |x| x.1.len());
@@ -202,8 +205,8 @@ fn workers_share_a_job_survive_a_kill_and_write_each_result_once() {
 
     // The second half arrives while a worker is killed.
     let second: Vec<Record> = events[half..].to_vec();
-    let b2 = b.clone();
-    let producer = std::thread::spawn(move || produce_unbatched(&b2, "transactions", &second));
+    let (b2, topic2) = (b.clone(), topic.clone());
+    let producer = std::thread::spawn(move || produce(&b2, &topic2, &second));
     let victim_index = wait_for(Duration::from_secs(120), || {
         let t = tasks(&[&w1, &w2, &w3, &w4]);
         let read: u64 = t.iter().map(|x| x.2).sum();
@@ -233,7 +236,7 @@ fn workers_share_a_job_survive_a_kill_and_write_each_result_once() {
         .join()
         .expect("the producer thread")
         .expect("the second half");
-    produce_unbatched(&b, "transactions", &sentinels).expect("the sentinels");
+    produce(&b, &topic, &sentinels).expect("the sentinels");
 
     // What one process computes over the same input.
     let reference_sql = write_sql(
@@ -248,14 +251,17 @@ fn workers_share_a_job_survive_a_kill_and_write_each_result_once() {
             "--state-dir",
             dir_path.as_path().join("reference").to_str().unwrap(),
         ],
-        &[("SINK", "reference-scores"), ("BOUNDED", "latest-offset")],
+        &[
+            ("SINK", reference_scores.as_str()),
+            ("BOUNDED", "latest-offset"),
+        ],
     );
     assert!(
         out.status.success(),
         "the reference run: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let expected = window_results(&b, "reference-scores", GroupBy::Column("card_id"));
+    let expected = window_results(&b, &reference_scores, GroupBy::Column("card_id"));
     assert!(
         expected.len() > 1000,
         "the reference has results: {}",
@@ -264,7 +270,7 @@ fn workers_share_a_job_survive_a_kill_and_write_each_result_once() {
 
     // The survivors finish the job: every result arrives.
     let got = read_until(Duration::from_secs(300), expected.len(), || {
-        window_results(&b, "card-scores", GroupBy::Column("card_id"))
+        window_results(&b, &card_scores, GroupBy::Column("card_id"))
     });
     // (A rebalance may be moving a partition at any one moment.)
     let running = wait_for(Duration::from_secs(60), || {
@@ -302,7 +308,7 @@ fn workers_share_a_job_survive_a_kill_and_write_each_result_once() {
     );
     // Workers report every 2 s; the killed one's last report counts for 15 s.
     let (ok, jobs) = wait_for(Duration::from_secs(60), || {
-        let out = weir(&["jobs", "--brokers", &b], &[]);
+        let out = weir(&registry.command(&["jobs"]), &[]);
         let jobs = String::from_utf8_lossy(&out.stdout).into_owned()
             + &String::from_utf8_lossy(&out.stderr);
         let line = jobs
@@ -320,7 +326,7 @@ fn workers_share_a_job_survive_a_kill_and_write_each_result_once() {
         ok,
         "weir jobs shows the job running as 6 tasks on 3 workers:\n{jobs}"
     );
-    let out = weir(&["describe", "fraud-cluster", "--brokers", &b], &[]);
+    let out = weir(&registry.command(&["describe", "fraud-cluster"]), &[]);
     let described = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success()
@@ -331,7 +337,7 @@ fn workers_share_a_job_survive_a_kill_and_write_each_result_once() {
     );
 
     // `weir stop` stops the job everywhere.
-    let out = weir(&["stop", "fraud-cluster", "--brokers", &b], &[]);
+    let out = weir(&registry.command(&["stop", "fraud-cluster"]), &[]);
     assert!(
         out.status.success(),
         "weir stop: {}",
@@ -349,7 +355,7 @@ fn workers_share_a_job_survive_a_kill_and_write_each_result_once() {
 
     // Exactly once, and the same results as one process.
     let got = {
-        let again = window_results(&b, "card-scores", GroupBy::Column("card_id"));
+        let again = window_results(&b, &card_scores, GroupBy::Column("card_id"));
         assert!(again.len() >= got.len());
         again
     };
@@ -393,5 +399,4 @@ fn workers_share_a_job_survive_a_kill_and_write_each_result_once() {
         logs.contains("from changelog"),
         "moved partitions rebuild their state from the changelog"
     );
-    drop(broker);
 }

@@ -16,13 +16,13 @@
 use std::time::Duration;
 
 use weir::generate::FraudGenerator;
-use weir_tests::broker;
-use weir_tests::cluster::{Worker, work_dir};
+use weir_tests::apache_kafka::kafka;
+use weir_tests::cluster::{Registry, Worker, work_dir};
 use weir_tests::compare::close;
-use weir_tests::kafka::{Record, consumer, create_topic, produce_unbatched, read_all};
+use weir_tests::kafka::{Record, consumer, create_topic, produce, read_all};
 use weir_tests::output::{GroupBy, read_until, window_results};
 use weir_tests::process::run_weir;
-use weir_tests::{wait_for, write_sql};
+use weir_tests::{unique, wait_for, write_sql};
 
 const EVENTS: usize = 16_000;
 const PARTITIONS: i32 = 4;
@@ -39,7 +39,7 @@ CREATE TABLE transactions (
   WATERMARK FOR ts AS ts - INTERVAL '5' SECOND
 ) WITH (
   'connector' = 'kafka',
-  'topic' = 'transactions',
+  'topic' = '${INPUT}',
   'format' = 'json',
   'properties.bootstrap.servers' = '${KAFKA_BROKERS}',
   'scan.startup.mode' = 'earliest-offset',
@@ -131,8 +131,11 @@ fn replay(brokers: &str, topic: &str, partitions: i32, per_partition: usize) -> 
             .expect("a partition");
     }
     consumer.assign(&tpl).expect("assigned");
-    let sink = weir::sink::Sink::new(&weir::kafka::producer_config(brokers, &Default::default()))
-        .expect("a producer");
+    let sink = weir::sink::Sink::new(&weir::kafka::producer_config(
+        &weir::connection::Connection::plain(brokers),
+        &Default::default(),
+    ))
+    .expect("a producer");
     let mut copied = vec![0usize; partitions as usize];
     // The map tasks' positions count records handed to their producers, not
     // yet acknowledged: a partition may reach its (current) end before it
@@ -172,23 +175,27 @@ fn weir(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
 #[test]
 fn a_job_keyed_off_the_input_key_repartitions_and_matches_one_process() {
     let _alone = crate::exclusive();
-    let broker = broker::start().expect("the test broker starts");
-    let b = broker.bootstrap().to_owned();
-    create_topic(&b, "transactions", PARTITIONS).expect("the input topic");
+    let b = kafka().expect("the test broker").bootstrap().to_owned();
+    let registry = Registry::new(&b);
+    let topic = unique("transactions");
+    let dlq = format!("{topic}-dlq");
+    let (sink, reference) = (unique("merchant-minutes"), unique("reference-minutes"));
+    create_topic(&b, &topic, PARTITIONS).expect("the input topic");
     let (events, sentinels) = input();
     let half = events.len() / 2;
-    produce_unbatched(&b, "transactions", &events[..half]).expect("the first half");
+    produce(&b, &topic, &events[..half]).expect("the first half");
 
     let (dir_path, _tmp) = work_dir();
     let dir = dir_path.as_path();
     let sql = write_sql(dir, "by-merchant.sql", SQL);
-    let mut w1 = Worker::start(&b, dir, 1);
-    let mut w2 = Worker::start(&b, dir, 2);
+    let mut w1 = Worker::start(&registry, dir, 1);
+    let mut w2 = Worker::start(&registry, dir, 2);
     let out = weir(
-        &["submit", sql.to_str().unwrap(), "--brokers", &b],
+        &registry.command(&["submit", sql.to_str().unwrap()]),
         &[
-            ("SINK", "merchant-minutes"),
-            ("DLQ", "transactions-dlq"),
+            ("INPUT", &topic),
+            ("SINK", &sink),
+            ("DLQ", &dlq),
             ("BOUNDED", "unbounded"),
         ],
     );
@@ -202,14 +209,11 @@ fn a_job_keyed_off_the_input_key_repartitions_and_matches_one_process() {
     // Map tasks (the input topic's partitions) and window tasks (the
     // repartition topic's) are spread over the workers.
     let input_read = |t: &[(String, String, i32, i64)]| -> i64 {
-        t.iter()
-            .filter(|x| x.1 == "transactions")
-            .map(|x| x.3)
-            .sum()
+        t.iter().filter(|x| x.1 == topic).map(|x| x.3).sum()
     };
     let seen = wait_for(Duration::from_secs(120), || {
         let t = task_positions(&[&w1, &w2]);
-        let maps = t.iter().filter(|x| x.1 == "transactions").count();
+        let maps = t.iter().filter(|x| x.1 == topic).count();
         let reducers = t.iter().filter(|x| x.1.ends_with("-repartition")).count();
         (
             maps == PARTITIONS as usize
@@ -251,14 +255,11 @@ fn a_job_keyed_off_the_input_key_repartitions_and_matches_one_process() {
 
     // The second half arrives; a worker with tasks is killed and a third joins.
     let second: Vec<Record> = events[half..].to_vec();
-    let b2 = b.clone();
-    let producer = std::thread::spawn(move || produce_unbatched(&b2, "transactions", &second));
+    let (b2, topic2) = (b.clone(), topic.clone());
+    let producer = std::thread::spawn(move || produce(&b2, &topic2, &second));
     let victim = wait_for(Duration::from_secs(120), || {
         let t = task_positions(&[&w1, &w2]);
-        let victim = t
-            .iter()
-            .find(|x| x.1 == "transactions")
-            .map(|x| x.0.clone());
+        let victim = t.iter().find(|x| x.1 == topic).map(|x| x.0.clone());
         (
             input_read(&t) >= (half + half / 4) as i64 && victim.is_some(),
             victim,
@@ -274,12 +275,12 @@ fn a_job_keyed_off_the_input_key_repartitions_and_matches_one_process() {
         w2.child.wait().expect("reaped");
         &w1
     };
-    let w3 = Worker::start(&b, dir, 3);
+    let w3 = Worker::start(&registry, dir, 3);
     producer
         .join()
         .expect("the producer thread")
         .expect("the second half");
-    produce_unbatched(&b, "transactions", &sentinels).expect("the sentinels");
+    produce(&b, &topic, &sentinels).expect("the sentinels");
 
     // What one process computes over the same input.
     let out = weir(
@@ -291,7 +292,8 @@ fn a_job_keyed_off_the_input_key_repartitions_and_matches_one_process() {
         ],
         &[
             ("KAFKA_BROKERS", &b),
-            ("SINK", "reference-minutes"),
+            ("INPUT", &topic),
+            ("SINK", &reference),
             ("DLQ", "reference-dlq"),
             ("BOUNDED", "latest-offset"),
         ],
@@ -301,7 +303,7 @@ fn a_job_keyed_off_the_input_key_repartitions_and_matches_one_process() {
         "the reference run: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let expected = window_results(&b, "reference-minutes", GroupBy::Column("merchant"));
+    let expected = window_results(&b, &reference, GroupBy::Column("merchant"));
     assert!(
         expected.len() > 500,
         "the reference has results: {}",
@@ -309,7 +311,7 @@ fn a_job_keyed_off_the_input_key_repartitions_and_matches_one_process() {
     );
 
     let got = read_until(Duration::from_secs(300), expected.len(), || {
-        window_results(&b, "merchant-minutes", GroupBy::Column("merchant"))
+        window_results(&b, &sink, GroupBy::Column("merchant"))
     });
     let missing: Vec<_> = expected
         .keys()
@@ -351,7 +353,7 @@ fn a_job_keyed_off_the_input_key_repartitions_and_matches_one_process() {
     }
     // The record that is not JSON is dead-lettered once, with its reason.
     let dead = read_until(Duration::from_secs(60), 1, || {
-        read_all(&b, "transactions-dlq", Duration::from_secs(30)).unwrap_or_default()
+        read_all(&b, &dlq, Duration::from_secs(30)).unwrap_or_default()
     });
     let reasons: Vec<_> = dead
         .iter()
@@ -372,11 +374,10 @@ fn a_job_keyed_off_the_input_key_repartitions_and_matches_one_process() {
     assert_eq!(dead[0].value, b"{not json");
     assert_eq!(
         dead[0].headers.get("weir.source.topic").map(String::as_str),
-        Some("transactions"),
+        Some(topic.as_str()),
         "the dead letter names the source topic: {:?}",
         dead[0].headers
     );
 
     drop(w3);
-    drop(broker);
 }

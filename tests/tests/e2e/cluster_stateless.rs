@@ -8,12 +8,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use weir_tests::broker;
-use weir_tests::cluster::{Worker, tasks, work_dir};
-use weir_tests::kafka::{Record, create_topic, produce_unbatched, read_all};
+use weir_tests::apache_kafka::kafka;
+use weir_tests::cluster::{Registry, Worker, tasks, work_dir};
+use weir_tests::kafka::{Record, create_topic, produce, read_all};
 use weir_tests::output::read_until;
 use weir_tests::process::run_weir;
-use weir_tests::{wait_for, workspace_root, write_sql};
+use weir_tests::{unique, wait_for, workspace_root, write_sql};
 
 const EVENTS: usize = 12_000;
 const PARTITIONS: i32 = 4;
@@ -24,7 +24,7 @@ SET 'checkpoint.interval' = '1s';
 
 CREATE TABLE events (id BIGINT, x DOUBLE) WITH (
   'connector' = 'kafka',
-  'topic' = 'events',
+  'topic' = '${INPUT}',
   'format' = 'json',
   'properties.bootstrap.servers' = '${KAFKA_BROKERS}',
   'scan.startup.mode' = 'earliest-offset'
@@ -32,7 +32,7 @@ CREATE TABLE events (id BIGINT, x DOUBLE) WITH (
 
 CREATE TABLE scores WITH (
   'connector' = 'kafka',
-  'topic' = 'scores',
+  'topic' = '${SINK}',
   'format' = 'json',
   'properties.bootstrap.servers' = '${KAFKA_BROKERS}',
   'key.fields' = 'id',
@@ -56,12 +56,13 @@ fn event(i: usize) -> Record {
 #[test]
 fn a_stateless_job_scores_each_event_once_through_a_worker_kill() {
     let _alone = crate::exclusive();
-    let broker = broker::start().expect("the test broker starts");
-    let b = broker.bootstrap().to_owned();
-    create_topic(&b, "events", PARTITIONS).expect("the input topic");
+    let b = kafka().expect("the test broker").bootstrap().to_owned();
+    let registry = Registry::new(&b);
+    let (input, sink) = (unique("events"), unique("scores"));
+    create_topic(&b, &input, PARTITIONS).expect("the input topic");
     let events: Vec<Record> = (0..EVENTS).map(event).collect();
     let half = EVENTS / 2;
-    produce_unbatched(&b, "events", &events[..half]).expect("the first half");
+    produce(&b, &input, &events[..half]).expect("the first half");
 
     // WEIR_CLUSTER_KEEP=1 keeps the workers' logs and state for a look.
     let (dir_path, _tmp) = work_dir();
@@ -76,11 +77,11 @@ fn a_stateless_job_scores_each_event_once_through_a_worker_kill() {
         dir.join("models/fraud.onnx"),
     )
     .expect("the model");
-    let mut w1 = Worker::start(&b, dir, 1);
-    let mut w2 = Worker::start(&b, dir, 2);
+    let mut w1 = Worker::start(&registry, dir, 1);
+    let mut w2 = Worker::start(&registry, dir, 2);
     let out = run_weir(
-        &["submit", sql.to_str().unwrap(), "--brokers", &b],
-        &[],
+        &registry.command(&["submit", sql.to_str().unwrap()]),
+        &[("INPUT", &input), ("SINK", &sink)],
         "warn",
     );
     assert!(
@@ -102,8 +103,8 @@ fn a_stateless_job_scores_each_event_once_through_a_worker_kill() {
 
     // The second half arrives while a worker with tasks is killed.
     let second: Vec<Record> = events[half..].to_vec();
-    let b2 = b.clone();
-    let producer = std::thread::spawn(move || produce_unbatched(&b2, "events", &second));
+    let (b2, input2) = (b.clone(), input.clone());
+    let producer = std::thread::spawn(move || produce(&b2, &input2, &second));
     let victim = wait_for(Duration::from_secs(120), || {
         let t = tasks(&[&w1, &w2]);
         let read: u64 = t.iter().map(|x| x.2).sum();
@@ -128,7 +129,7 @@ fn a_stateless_job_scores_each_event_once_through_a_worker_kill() {
     // Every event is scored once.
     let before_stop = read_until(Duration::from_secs(240), EVENTS, || {
         let mut ids: BTreeMap<i64, usize> = BTreeMap::new();
-        for r in read_all(&b, "scores", Duration::from_secs(60)).unwrap_or_default() {
+        for r in read_all(&b, &sink, Duration::from_secs(60)).unwrap_or_default() {
             let v: serde_json::Value = serde_json::from_slice(&r.value).expect("JSON output");
             *ids.entry(v["id"].as_i64().expect("id")).or_default() += 1;
         }
@@ -148,14 +149,14 @@ fn a_stateless_job_scores_each_event_once_through_a_worker_kill() {
         )
     });
     // Nothing more is written once the job is stopped: read everything again.
-    let out = run_weir(&["stop", "scores", "--brokers", &b], &[], "warn");
+    let out = run_weir(&registry.command(&["stop", "scores"]), &[], "warn");
     assert!(
         out.status.success(),
         "weir stop: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     let mut scored: BTreeMap<i64, usize> = BTreeMap::new();
-    for r in read_all(&b, "scores", Duration::from_secs(60)).expect("the output is read") {
+    for r in read_all(&b, &sink, Duration::from_secs(60)).expect("the output is read") {
         let v: serde_json::Value = serde_json::from_slice(&r.value).expect("JSON output");
         *scored.entry(v["id"].as_i64().expect("id")).or_default() += 1;
     }
@@ -175,5 +176,4 @@ fn a_stateless_job_scores_each_event_once_through_a_worker_kill() {
         repeated.is_empty(),
         "events scored more than once: {repeated:?}"
     );
-    drop(broker);
 }

@@ -30,10 +30,10 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use weir::generate::{FraudGenerator, fmt_ts};
-use weir_tests::broker;
+use weir_tests::apache_kafka::kafka;
 use weir_tests::child::wait_with_deadline;
 use weir_tests::compare::close;
-use weir_tests::kafka::{Record, create_topic, produce_unbatched, read_all};
+use weir_tests::kafka::{Record, create_topic, produce, read_all};
 use weir_tests::output::{GroupBy, once, window_results};
 use weir_tests::process::spawn_weir_run;
 use weir_tests::{seed, wait_for, workspace_root, write_sql};
@@ -207,13 +207,11 @@ fn exactly_once_output_survives_repeated_crashes() {
     let seed = seed("WEIR_CRASH_SEED");
     let mut rng = StdRng::seed_from_u64(seed);
 
-    let broker = broker::start().unwrap();
-    let b = broker.bootstrap();
+    let b = kafka().expect("the test broker").bootstrap();
     create_topic(b, "cr-in", 1).unwrap();
     let (records, bad, late) = input();
-    // Resumed from checkpoints at any offset: see produce_unbatched.
     let produced = Instant::now();
-    produce_unbatched(b, "cr-in", &records).unwrap();
+    produce(b, "cr-in", &records).unwrap();
     println!(
         "{} input records produced in {:.1} s",
         records.len(),

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use weir_tests::broker;
+use weir_tests::apache_kafka::kafka;
 use weir_tests::kafka::{Record, create_topic, produce, read_all};
 use weir_tests::output::read_json;
 use weir_tests::{pipeline_file, run_in_process};
@@ -11,8 +11,7 @@ use weir_tests::{pipeline_file, run_in_process};
 #[test]
 fn bad_records_reach_the_dead_letter_topic_with_their_origin() {
     let _shared = crate::shared();
-    let broker = broker::start().unwrap();
-    let b = broker.bootstrap();
+    let b = kafka().expect("the test broker").bootstrap();
     create_topic(b, "dl-in", 1).unwrap();
     let good = |card: &str, ts: &str| Record {
         key: Some(card.as_bytes().to_vec()),

@@ -8,8 +8,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use weir::{RunOptions, load_pipeline, run_pipeline};
-use weir_tests::broker;
-use weir_tests::kafka::{Record, create_topic, produce, produce_unbatched, read_all};
+use weir_tests::apache_kafka::kafka;
+use weir_tests::kafka::{Record, create_topic, produce, read_all};
 use weir_tests::output::{GroupBy, ids, read_until, window_results};
 use weir_tests::{Running, env, load, pipeline_file, run_in_process};
 
@@ -38,8 +38,7 @@ fn a_second_run_without_state_resumes_from_committed_offsets() {
 
 fn resume(prefix: &str, fresh_state: bool) {
     let _shared = crate::shared();
-    let broker = broker::start().unwrap();
-    let b = broker.bootstrap();
+    let b = kafka().expect("the test broker").bootstrap();
     let input = format!("{prefix}-in");
     let output = format!("{prefix}-out");
     create_topic(b, &input, 3).unwrap();
@@ -109,8 +108,7 @@ fn a_window_open_at_stop_is_complete_after_restart_without_state() {
 
 fn window_across_restart(prefix: &str, fresh_state: bool) {
     let _shared = crate::shared();
-    let broker = broker::start().unwrap();
-    let b = broker.bootstrap().to_owned();
+    let b = kafka().expect("the test broker").bootstrap().to_owned();
     let input = format!("{prefix}-in");
     let output = format!("{prefix}-out");
     create_topic(&b, &input, 1).unwrap();
@@ -123,9 +121,8 @@ fn window_across_restart(prefix: &str, fresh_state: bool) {
     };
     // Window [0, 60 s) gets 3 rows and fires at the row at 61 s; window [60, 120 s)
     // gets 2 rows before the stop and 2 after.
-    // The second run resumes mid-input: see produce_unbatched.
     let produce_each = |records: Vec<Record>| {
-        produce_unbatched(&b, &input, &records).unwrap();
+        produce(&b, &input, &records).unwrap();
     };
     produce_each(vec![at(1), at(2), at(3), at(61), at(62)]);
     let (dir, path) = pipeline_file(&format!(
@@ -194,8 +191,7 @@ FROM TABLE(TUMBLE(TABLE tx, DESCRIPTOR(ts), INTERVAL '1' MINUTE)) GROUP BY windo
 #[test]
 fn a_sink_can_leave_the_id_header_off() {
     let _shared = crate::shared();
-    let broker = broker::start().unwrap();
-    let b = broker.bootstrap();
+    let b = kafka().expect("the test broker").bootstrap();
     create_topic(b, "ih-in", 3).unwrap();
     produce(b, "ih-in", &events(0, 50)).unwrap();
     let sql = |off_guarantee: &str| {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use weir::generate::{FraudGenerator, fmt_ts};
-use weir_tests::broker;
+use weir_tests::apache_kafka::kafka;
 use weir_tests::child::wait_with_deadline;
 use weir_tests::compare::close;
 use weir_tests::kafka::{Record, create_topic, produce, read_all};
@@ -103,8 +103,7 @@ fn assert_same(what: &str, got: &WindowResults, want: &WindowResults) {
 #[test]
 fn a_directory_of_files_reads_as_the_same_records_in_a_topic_do() {
     let _alone = crate::exclusive();
-    let broker = broker::start().expect("start the test broker");
-    let brokers = broker.bootstrap().to_owned();
+    let brokers = kafka().expect("the test broker").bootstrap().to_owned();
     let tmp = tempfile::tempdir().unwrap();
     let (lines, bad) = lines();
 

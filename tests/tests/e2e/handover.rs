@@ -15,16 +15,21 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use weir::changelog::await_handover;
+use weir::connection::Connection;
 use weir::kafka::producer_config;
 use weir::sink::Sink;
-use weir_tests::broker;
+use weir_tests::apache_kafka::kafka;
 use weir_tests::kafka::create_topic;
 
 const OWNER: &str = "00000000000000aa";
 const NEXT: u64 = 0xbb;
 
 fn sink(brokers: &str) -> Sink {
-    Sink::new(&producer_config(brokers, &BTreeMap::new())).expect("a producer")
+    Sink::new(&producer_config(
+        &Connection::plain(brokers),
+        &BTreeMap::new(),
+    ))
+    .expect("a producer")
 }
 
 fn write(sink: &Sink, topic: &str, key: &str, value: &str) {
@@ -53,8 +58,7 @@ fn wait_for_handover(brokers: &str, topic: &str, lease: Duration) -> Waiter {
 #[test]
 fn a_live_owner_marks_the_wait_and_a_silent_one_does_not() {
     let _alone = crate::exclusive();
-    let broker = broker::start().expect("the test broker starts");
-    let b = broker.bootstrap().to_owned();
+    let b = kafka().expect("the test broker").bootstrap().to_owned();
     let owner = sink(&b);
 
     // A live owner: it claimed the partition and commits every 300 ms.

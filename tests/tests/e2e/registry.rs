@@ -6,7 +6,8 @@
 use std::collections::BTreeMap;
 
 use weir::cluster::registry::{CHUNK_BYTES, JobSpec, JobState, publish, read_registry, set_state};
-use weir_tests::broker;
+use weir::connection::Connection;
+use weir_tests::apache_kafka::kafka;
 
 fn spec(version: &str) -> JobSpec {
     JobSpec {
@@ -24,8 +25,7 @@ fn spec(version: &str) -> JobSpec {
 #[test]
 fn large_files_travel_in_chunks_and_resubmits_replace_them() {
     let _shared = crate::shared();
-    let broker = broker::start().expect("the test broker starts");
-    let b = broker.bootstrap();
+    let cluster = Connection::plain(kafka().expect("the test broker").bootstrap());
     let topic = "weir-jobs-test";
     // Two and a half chunks, no two chunks alike.
     let big: Vec<u8> = (0..CHUNK_BYTES * 5 / 2)
@@ -33,7 +33,7 @@ fn large_files_travel_in_chunks_and_resubmits_replace_them() {
         .collect();
     let small = b"tiny".to_vec();
     let v1 = publish(
-        b,
+        &cluster,
         topic,
         spec("v1"),
         &[
@@ -44,20 +44,20 @@ fn large_files_travel_in_chunks_and_resubmits_replace_them() {
     .expect("v1 is published");
     assert_eq!(v1.files[0].chunks, 3);
 
-    let registry = read_registry(b, topic).expect("the registry is read");
+    let registry = read_registry(&cluster, topic).expect("the registry is read");
     let got = &registry.jobs["big-model"];
     assert_eq!(got, &v1);
     assert!(registry.file(got, 0).expect("the big file") == big);
     assert_eq!(registry.file(got, 1).expect("the small file"), small);
 
     let v2 = publish(
-        b,
+        &cluster,
         topic,
         spec("v2"),
         &[("s.onnx".into(), b"other".to_vec())],
     )
     .expect("v2 is published");
-    let registry = read_registry(b, topic).expect("the registry is read");
+    let registry = read_registry(&cluster, topic).expect("the registry is read");
     assert_eq!(registry.jobs["big-model"], v2);
     assert_eq!(registry.file(&v2, 0).expect("v2's file"), b"other");
     assert!(
@@ -65,11 +65,11 @@ fn large_files_travel_in_chunks_and_resubmits_replace_them() {
         "the replaced version's chunks are tombstoned"
     );
 
-    set_state(b, topic, "big-model", JobState::Stopped).expect("stopped");
-    let registry = read_registry(b, topic).expect("the registry is read");
+    set_state(&cluster, topic, "big-model", JobState::Stopped).expect("stopped");
+    let registry = read_registry(&cluster, topic).expect("the registry is read");
     assert_eq!(registry.jobs["big-model"].state, JobState::Stopped);
     assert!(
-        set_state(b, topic, "no-such-job", JobState::Stopped).is_err(),
+        set_state(&cluster, topic, "no-such-job", JobState::Stopped).is_err(),
         "stopping an unknown job fails"
     );
 }
