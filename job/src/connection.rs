@@ -118,6 +118,29 @@ pub fn is_connection_property(key: &str) -> bool {
     PREFIXES.iter().any(|p| key.starts_with(p)) || KEYS.contains(&key)
 }
 
+/// Whether a librdkafka property's value is a secret (a password, a key, a
+/// client secret, a JAAS line): never shown in logs, plans or APIs.
+pub fn is_secret_property(key: &str) -> bool {
+    key.ends_with(".password")
+        || key.ends_with(".secret")
+        || key == "sasl.jaas.config"
+        || key == "ssl.key.pem"
+        || key == "ssl_key"
+        || key == "sasl.oauthbearer.config"
+}
+
+/// A `${VAR}` value as it may be shown: "(secret)" when it is, or holds, the
+/// value of a secret property among `properties` (every table's).
+pub fn shown_value<'a>(
+    value: &'a str,
+    properties: impl IntoIterator<Item = (&'a String, &'a String)>,
+) -> &'a str {
+    let secret = properties
+        .into_iter()
+        .any(|(k, v)| is_secret_property(k) && !value.is_empty() && v.contains(value));
+    if secret { "(secret)" } else { value }
+}
+
 /// Connection properties given as `KEY=VALUE` arguments and, first, the
 /// lines of a properties file (blank lines and `#` comments skipped); an
 /// argument overrides the file.
@@ -212,6 +235,19 @@ mod tests {
         assert_eq!(got["sasl.password"], "p=w");
         let err = parse_properties(&["hunter2".into()], None).unwrap_err();
         assert!(!format!("{err:#}").contains("hunter2"), "{err:#}");
+    }
+
+    #[test]
+    fn variables_that_feed_a_secret_property_are_not_shown() {
+        let table = props(&[
+            ("sasl.username", "weir"),
+            ("sasl.password", "hunter2"),
+            ("ssl.ca.location", "/ca.pem"),
+        ]);
+        assert_eq!(shown_value("hunter2", &table), "(secret)");
+        assert_eq!(shown_value("weir", &table), "weir");
+        assert_eq!(shown_value("/ca.pem", &table), "/ca.pem");
+        assert_eq!(shown_value("", &table), "");
     }
 
     #[test]

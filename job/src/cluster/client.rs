@@ -200,11 +200,21 @@ pub fn describe(name: &str, topics: &ClusterTopics) -> anyhow::Result<String> {
     for f in &spec.files {
         writeln!(out, "  file       {} ({} bytes)", f.path, f.bytes)?;
     }
-    for (k, v) in &spec.env {
-        writeln!(out, "  ${{{k}}}     {v}")?;
-    }
     let dir = tempfile::tempdir()?;
-    match super::job::materialize(&registry, spec, dir.path()) {
+    let planned = super::job::materialize(&registry, spec, dir.path());
+    // A variable that feeds a secret property (a password, a client secret)
+    // is named, not shown; without a plan, no value is shown.
+    for (k, v) in &spec.env {
+        let shown = match &planned {
+            Ok(loaded) => crate::connection::shown_value(
+                v,
+                loaded.plan.tables.values().flat_map(|t| &t.properties),
+            ),
+            Err(_) => "(not shown)",
+        };
+        writeln!(out, "  ${{{k}}}     {shown}")?;
+    }
+    match planned {
         Ok(loaded) => {
             writeln!(out)?;
             write!(out, "{}", loaded.plan)?;
