@@ -52,20 +52,13 @@ impl Connection {
 
     /// The connection a client configuration holds.
     pub fn from_config(config: &ClientConfig) -> Connection {
-        Connection {
-            bootstrap: config
-                .get("bootstrap.servers")
-                .unwrap_or_default()
-                .to_owned(),
-            // (`config_map` masks secrets: the keys from it, the values
-            // from `get`.)
-            properties: config
-                .config_map()
-                .into_keys()
-                .filter(|k| is_connection_property(k))
-                .filter_map(|k| Some((k.to_owned(), config.get(k)?.to_owned())))
-                .collect(),
-        }
+        // `config_map` masks secrets: the keys from it, the values from `get`.
+        let set: BTreeMap<String, String> = config
+            .config_map()
+            .into_keys()
+            .filter_map(|k| Some((k.to_owned(), config.get(k)?.to_owned())))
+            .collect();
+        Connection::with(config.get("bootstrap.servers").unwrap_or_default(), &set)
     }
 
     /// A client configuration that reaches the cluster; the caller adds what

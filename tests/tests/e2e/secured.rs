@@ -177,7 +177,7 @@ fn refused(props: &[(String, String)]) -> String {
     let started = Instant::now();
     let err = match run(
         &pipeline(&input, &unique("sec-refused-out"), props),
-        "refused",
+        &unique("sec-refused"),
     ) {
         Ok(_) => panic!("a refused connection ran"),
         Err(e) => format!("{e:#}"),
